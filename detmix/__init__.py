@@ -1,0 +1,38 @@
+"""detmix: detection-aware CutMix and MixUp.
+
+Images are mixed together with their annotations: boxes, labels, instance masks and per-box
+weights follow the pixels, and every input box is either kept or reported as dropped.
+
+>>> from detmix import functional as F
+>>> out = F.cutmix(a, b, cut_box=(x1, y1, x2, y2))   # doctest: +SKIP
+>>> out = F.mixup(a, b, lam=0.6)                     # doctest: +SKIP
+"""
+
+from detmix import functional
+from detmix.align import align_pair, canvas_size
+from detmix.functional import DropReason, cutmix, mixup
+from detmix.mix import RandomMix, apply_params
+from detmix.recipes import CutMixConfig, MixUpConfig, Recipe, builtin_recipes, load_recipe
+from detmix.sampling import MixParams, sample_cut_box, sample_lam, sample_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CutMixConfig",
+    "DropReason",
+    "MixParams",
+    "MixUpConfig",
+    "RandomMix",
+    "Recipe",
+    "align_pair",
+    "apply_params",
+    "builtin_recipes",
+    "canvas_size",
+    "cutmix",
+    "functional",
+    "load_recipe",
+    "mixup",
+    "sample_cut_box",
+    "sample_lam",
+    "sample_params",
+]

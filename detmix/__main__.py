@@ -1,0 +1,5 @@
+import sys
+
+from detmix.cli import main
+
+sys.exit(main())

@@ -1,0 +1,205 @@
+"""Checking and unpacking of detmix samples (internal).
+
+A sample is a plain dict::
+
+    {"image": (H, W, C) numpy or (C, H, W) torch, "boxes": (N, 4) xyxy, "labels": (N,),
+     "masks": (N, H, W) optional, <per-box extras>: (N, ...), <sample-level extras>: scalars}
+
+Every public kernel goes through :func:`parse_sample`, so the rules about what a sample may hold
+live here once. Errors name the argument, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_numpy_array, is_torch_array
+
+#: Keys with a fixed meaning; everything else is an extra.
+RESERVED = frozenset({"image", "boxes", "labels", "masks"})
+#: Keys written by the mixing kernels; they are replaced, never carried along.
+OUTPUT_KEYS = frozenset({"weights", "source", "index", "lam", "dropped"})
+
+_NUMPY_IMAGE_DTYPES = ("uint8", "float32", "float64")
+_TORCH_IMAGE_DTYPES = ("uint8", "float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A checked sample: arrays of one kind (numpy or torch), boxes in a float dtype."""
+
+    kind: str  # "numpy" or "torch"
+    xp: Any
+    image: Any
+    layout: str  # "HWC", "HW" (numpy) or "CHW" (torch)
+    height: int
+    width: int
+    boxes: Any
+    labels: Any
+    masks: Any | None
+    per_box: dict[str, Any] = field(default_factory=dict)
+    per_sample: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def _kind_of(image: Any, name: str) -> str:
+    if is_numpy_array(image):
+        return "numpy"
+    if is_torch_array(image):
+        return "torch"
+    raise TypeError(
+        f"{name}['image'] must be a numpy array (H, W, C) or a torch tensor (C, H, W), "
+        f"got {type(image).__name__}"
+    )
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _as_kind(value: Any, kind: str, like: Any, name: str, dtype: Any = None) -> Any:
+    """Convert lists/tuples (or arrays of the same kind) to the sample's array kind."""
+    if kind == "numpy":
+        if is_torch_array(value):
+            raise TypeError(f"{name} is a torch tensor but the image is a numpy array; use one kind")
+        return np.asarray(value, dtype=dtype)
+    import torch
+
+    if is_numpy_array(value):
+        raise TypeError(f"{name} is a numpy array but the image is a torch tensor; use one kind")
+    return torch.as_tensor(value, dtype=dtype, device=like.device)
+
+
+def parse_sample(sample: Any, name: str, *, check_values: bool = True) -> Parsed:
+    """Check ``sample`` and return it unpacked. ``name`` is used in error messages ("a", "b")."""
+    if not isinstance(sample, dict):
+        raise TypeError(f"{name} must be a dict with 'image', 'boxes' and 'labels', got {type(sample).__name__}")
+    missing = [k for k in ("image", "boxes", "labels") if k not in sample]
+    if missing:
+        raise ValueError(f"{name} is missing {missing}; a sample needs 'image', 'boxes' and 'labels'")
+
+    image = sample["image"]
+    kind = _kind_of(image, name)
+    xp = array_namespace(image)
+    dtype = _dtype_name(image)
+    allowed = _NUMPY_IMAGE_DTYPES if kind == "numpy" else _TORCH_IMAGE_DTYPES
+    if dtype not in allowed:
+        raise TypeError(f"{name}['image'] must have dtype in {allowed}, got {dtype}")
+    if kind == "numpy":
+        if image.ndim == 3:
+            layout, (height, width) = "HWC", image.shape[:2]
+        elif image.ndim == 2:
+            layout, (height, width) = "HW", image.shape
+        else:
+            raise ValueError(f"{name}['image'] must be (H, W, C) or (H, W) for numpy, got shape {tuple(image.shape)}")
+    else:
+        if image.ndim != 3:
+            raise ValueError(f"{name}['image'] must be (C, H, W) for torch, got shape {tuple(image.shape)}")
+        layout, (height, width) = "CHW", tuple(image.shape[1:])
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"{name}['image'] must have a non-empty canvas, got height={height}, width={width}")
+
+    boxes = _as_kind(sample["boxes"], kind, image, f"{name}['boxes']")
+    if boxes.ndim == 1 and boxes.shape[0] == 0:  # [] -> (0, 4)
+        boxes = xp.reshape(boxes, (0, 4))
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name}['boxes'] must have shape (N, 4) in xyxy pixels, got shape {tuple(boxes.shape)}")
+    if not xp.isdtype(boxes.dtype, "real floating"):
+        if not xp.isdtype(boxes.dtype, "integral"):
+            raise TypeError(f"{name}['boxes'] must be a real-valued array, got dtype {_dtype_name(boxes)}")
+        boxes = xp.astype(boxes, xp.float32)
+    n = int(boxes.shape[0])
+
+    labels = _as_kind(sample["labels"], kind, image, f"{name}['labels']")
+    if labels.ndim == 1 and labels.shape[0] == 0 and n == 0:
+        labels = xp.astype(labels, xp.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"{name}['labels'] must have shape ({n},) to match {name}['boxes'], got {tuple(labels.shape)}")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise TypeError(
+            f"{name}['labels'] must be integers, got dtype {_dtype_name(labels)} "
+            "(encode string labels first, as the Albumentations adapter does)"
+        )
+
+    masks = sample.get("masks")
+    if masks is not None:
+        masks = _as_kind(masks, kind, image, f"{name}['masks']")
+        if masks.shape != (n, height, width):
+            raise ValueError(
+                f"{name}['masks'] must have shape ({n}, {height}, {width}) (one mask per box on the image's "
+                f"canvas), got {tuple(masks.shape)}"
+            )
+        if _dtype_name(masks) not in ("bool", "uint8"):
+            raise TypeError(f"{name}['masks'] must be bool or uint8, got dtype {_dtype_name(masks)}")
+
+    per_box: dict[str, Any] = {}
+    per_sample: dict[str, Any] = {}
+    for key, value in sample.items():
+        if key in RESERVED or key in OUTPUT_KEYS:
+            continue
+        if is_numpy_array(value) or is_torch_array(value):
+            if value.ndim == 0:
+                per_sample[key] = value
+                continue
+            if value.shape[0] != n:
+                raise ValueError(
+                    f"{name}[{key!r}] has {value.shape[0]} rows but {name}['boxes'] has {n}; arrays ride along "
+                    "with the boxes (one row per box), sample-level values must be scalars"
+                )
+            per_box[key] = _as_kind(value, kind, image, f"{name}[{key!r}]")
+        else:
+            per_sample[key] = value
+
+    if check_values and n:
+        _check_box_values(xp, boxes, height, width, name)
+    return Parsed(kind, xp, image, layout, height, width, boxes, labels, masks, per_box, per_sample)
+
+
+def _check_box_values(xp: Any, boxes: Any, height: int, width: int, name: str) -> None:
+    finite = xp.all(xp.isfinite(boxes), axis=1)
+    if not bool(xp.all(finite)):
+        i = int(xp.argmin(xp.astype(finite, xp.int32)))
+        raise ValueError(f"{name}['boxes'][{i}] must be finite, got {_row(boxes, i)}")
+    inverted = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bool(xp.any(inverted)):
+        i = int(xp.argmax(xp.astype(inverted, xp.int32)))
+        raise ValueError(f"{name}['boxes'][{i}] must satisfy x1 < x2 and y1 < y2 (xyxy), got {_row(boxes, i)}")
+    outside = (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
+    if bool(xp.any(outside)):
+        i = int(xp.argmax(xp.astype(outside, xp.int32)))
+        raise ValueError(
+            f"{name}['boxes'][{i}] must lie inside the {width}x{height} canvas (0 <= x <= {width}, "
+            f"0 <= y <= {height}), got {_row(boxes, i)}; clip boxes before mixing"
+        )
+
+
+def _row(boxes: Any, i: int) -> list[float]:
+    return [float(v) for v in boxes[i]]
+
+
+def check_pair(pa: Parsed, pb: Parsed) -> None:
+    """Two samples that are mixed must agree in array kind, dtype, canvas and annotations."""
+    if pa.kind != pb.kind:
+        raise TypeError(f"a and b must be the same array kind, got a: {pa.kind}, b: {pb.kind}")
+    if pa.image.dtype != pb.image.dtype:
+        raise TypeError(f"a['image'] and b['image'] must share a dtype, got {_dtype_name(pa.image)} and {_dtype_name(pb.image)}")
+    if tuple(pa.image.shape) != tuple(pb.image.shape):
+        raise ValueError(
+            f"a['image'] and b['image'] must have the same shape (same canvas), got {tuple(pa.image.shape)} and "
+            f"{tuple(pb.image.shape)}; use detmix.align_pair(a, b, mode='pad' or 'resize') first"
+        )
+    if pa.kind == "torch" and pa.image.device != pb.image.device:
+        raise ValueError(f"a and b must be on the same device, got {pa.image.device} and {pb.image.device}")
+    if (pa.masks is None) != (pb.masks is None):
+        have, lack = ("a", "b") if pa.masks is not None else ("b", "a")
+        raise ValueError(f"masks were given for {have} but not for {lack}; give masks for both samples or neither")
+    if set(pa.per_box) != set(pb.per_box):
+        raise ValueError(
+            f"a and b must carry the same per-box keys, got a: {sorted(pa.per_box)}, b: {sorted(pb.per_box)}"
+        )

@@ -1,0 +1,422 @@
+"""Pure kernels of detection-aware CutMix and MixUp.
+
+Two layers, as in ``torchvision.transforms.v2.functional``:
+
+* array kernels (:func:`cutmix_boxes`, :func:`cutmix_masks`, :func:`masks_to_boxes`,
+  :func:`drop_reasons`, :func:`cutmix_image`, :func:`mixup_image`) work on plain arrays, written
+  once against the array API so the same text runs on numpy arrays and torch tensors (CPU or
+  CUDA). They are vectorised over boxes and take the cut box per box, so a batch flattened with a
+  batch index goes through the same code as a single pair;
+* sample functions (:func:`cutmix`, :func:`mixup`) check a pair of samples, call the kernels and
+  assemble the result.
+
+Nothing here draws random numbers: parameters come from :mod:`detmix.sampling`.
+
+Conventions: boxes are absolute-pixel ``xyxy`` floats; a cut box is ``(x1, y1, x2, y2)`` in
+integer pixels, half-open ``[x1, x2) x [y1, y2)``; ``lam`` is the share of the output that comes
+from ``a`` (the image whose canvas is kept).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from array_api_compat import array_namespace, device
+
+from detmix._sample import Parsed, check_pair, parse_sample
+
+__all__ = [
+    "DropReason",
+    "WeightMode",
+    "cutmix",
+    "cutmix_boxes",
+    "cutmix_image",
+    "cutmix_masks",
+    "drop_reasons",
+    "masks_to_boxes",
+    "mixup",
+    "mixup_image",
+    "region_mask",
+]
+
+WeightMode = Literal["visibility", "lam", "hard"]
+_WEIGHT_MODES = ("visibility", "lam", "hard")
+
+
+class DropReason(enum.IntEnum):
+    """Why a box was dropped; stored as ``dropped["reason"]`` codes."""
+
+    INVISIBLE = 0  #: nothing of the object is left in the output
+    MIN_VISIBILITY = 1  #: visibility < min_visibility
+    MIN_AREA = 2  #: area of the new box < min_area
+    MIN_SIZE = 3  #: width or height of the new box < min_size
+    MIN_WEIGHT = 4  #: MixUp share of its image < min_weight
+
+
+# --------------------------------------------------------------------------------------------
+# Array kernels
+# --------------------------------------------------------------------------------------------
+
+
+def region_mask(cut: Any, height: int, width: int) -> Any:
+    """Boolean ``(..., H, W)`` map of the half-open cut box(es) ``cut`` of shape ``(..., 4)``."""
+    xp = array_namespace(cut)
+    ys = xp.arange(height, device=device(cut))
+    xs = xp.arange(width, device=device(cut))
+    inside_y = (ys >= cut[..., 1, None]) & (ys < cut[..., 3, None])  # (..., H)
+    inside_x = (xs >= cut[..., 0, None]) & (xs < cut[..., 2, None])  # (..., W)
+    return inside_y[..., :, None] & inside_x[..., None, :]
+
+
+def cutmix_boxes(boxes: Any, cut: Any, pasted: Any) -> tuple[Any, Any]:
+    """Apply the CutMix box rules to every box at once.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy float boxes.
+        cut: ``(4,)`` or ``(N, 4)`` cut box(es), same dtype as ``boxes``.
+        pasted: ``(N,)`` bool, True for the boxes of the pasted image ``b`` (kept *inside* the
+            cut), False for those of ``a`` (kept *outside* it).
+
+    Returns:
+        ``(new_boxes, visibility)``. A box of ``b`` becomes ``box ∩ cut`` with visibility
+        ``area(box ∩ cut) / area(box)``; a box of ``a`` becomes the tight box of ``box \\ cut``
+        (it only shrinks where the cut spans its whole height or width) with visibility
+        ``1 - area(box ∩ cut) / area(box)``. Boxes with visibility 0 have meaningless coordinates.
+    """
+    xp = array_namespace(boxes)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    cx1, cy1, cx2, cy2 = cut[..., 0], cut[..., 1], cut[..., 2], cut[..., 3]
+
+    ix1, iy1 = xp.maximum(x1, cx1), xp.maximum(y1, cy1)
+    ix2, iy2 = xp.minimum(x2, cx2), xp.minimum(y2, cy2)
+    iw, ih = xp.clip(ix2 - ix1, min=0), xp.clip(iy2 - iy1, min=0)
+    inter = iw * ih
+    area = (x2 - x1) * (y2 - y1)
+
+    # a: the cut removes a strip of the box only where it spans the box's whole height (or width).
+    spans_height = (cy1 <= y1) & (cy2 >= y2) & (iw > 0)
+    spans_width = (cx1 <= x1) & (cx2 >= x2) & (ih > 0)
+    nx1 = xp.where(spans_height & (cx1 <= x1), cx2, x1)
+    nx2 = xp.where(spans_height & (cx2 >= x2), cx1, x2)
+    ny1 = xp.where(spans_width & (cy1 <= y1), cy2, y1)
+    ny2 = xp.where(spans_width & (cy2 >= y2), cy1, y2)
+
+    new = xp.where(
+        pasted[:, None],
+        xp.stack([ix1, iy1, ix2, iy2], axis=1),
+        xp.stack([nx1, ny1, nx2, ny2], axis=1),
+    )
+    visibility = xp.where(pasted, inter / area, (area - inter) / area)
+    return new, visibility
+
+
+def masks_to_boxes(masks: Any, dtype: Any = None) -> Any:
+    """Tight xyxy boxes of ``(N, H, W)`` masks in COCO's convention (as pycocotools ``toBbox``:
+    right and bottom edges one past the last pixel). Empty masks give ``(0, 0, 0, 0)``."""
+    xp = array_namespace(masks)
+    _, height, width = masks.shape
+    on = masks != 0
+    cols_on = xp.any(on, axis=1)  # (N, W)
+    rows_on = xp.any(on, axis=2)  # (N, H)
+    cols, rows = xp.astype(cols_on, xp.uint8), xp.astype(rows_on, xp.uint8)
+    x1 = xp.argmax(cols, axis=1)
+    x2 = width - xp.argmax(xp.flip(cols, axis=1), axis=1)
+    y1 = xp.argmax(rows, axis=1)
+    y2 = height - xp.argmax(xp.flip(rows, axis=1), axis=1)
+    boxes = xp.stack([x1, y1, x2, y2], axis=1)
+    empty = ~xp.any(rows_on, axis=1)
+    boxes = xp.where(empty[:, None], xp.zeros_like(boxes), boxes)
+    return xp.astype(boxes, dtype if dtype is not None else xp.float32)
+
+
+def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[Any, Any, Any]:
+    """Apply the CutMix rules to instance masks.
+
+    Args:
+        masks: ``(N, H, W)`` bool or uint8.
+        cut: ``(4,)`` or ``(N, 4)`` cut box(es).
+        pasted: ``(N,)`` bool as in :func:`cutmix_boxes`.
+        dtype: float dtype of the returned boxes and visibility (default float32).
+
+    Returns:
+        ``(new_masks, visibility, boxes)``: ``mask & cut`` for pasted masks and ``mask & ~cut``
+        for the others (same dtype as ``masks``), the share of each mask's pixels that is left
+        (0 for an empty mask), and the tight boxes of the new masks (:func:`masks_to_boxes`).
+    """
+    xp = array_namespace(masks)
+    dtype = dtype if dtype is not None else xp.float32
+    _, height, width = masks.shape
+    region = region_mask(cut, height, width)
+    if region.ndim == 2:
+        region = region[None]
+    on = masks != 0
+    keep = on & (region == pasted[:, None, None])
+    before = xp.astype(xp.sum(on, axis=(1, 2)), dtype)
+    after = xp.astype(xp.sum(keep, axis=(1, 2)), dtype)
+    visibility = xp.where(before > 0, after / xp.where(before > 0, before, xp.ones_like(before)), xp.zeros_like(before))
+    new_masks = xp.astype(keep, masks.dtype)
+    return new_masks, visibility, masks_to_boxes(keep, dtype)
+
+
+def drop_reasons(
+    boxes: Any,
+    visibility: Any,
+    *,
+    min_visibility: float = 0.0,
+    min_area: float = 0.0,
+    min_size: float = 0.0,
+) -> Any:
+    """``(N,)`` int64 codes: -1 for a kept box, else the first :class:`DropReason` that applies
+    (invisible, then min_visibility, min_area, min_size)."""
+    xp = array_namespace(boxes)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    reason = xp.full(visibility.shape, -1, dtype=xp.int64, device=device(boxes))
+    # Lowest priority first: a later rule overwrites an earlier one.
+    for hit, code in (
+        ((w < min_size) | (h < min_size), DropReason.MIN_SIZE),
+        (w * h < min_area, DropReason.MIN_AREA),
+        (visibility < min_visibility, DropReason.MIN_VISIBILITY),
+        (visibility <= 0, DropReason.INVISIBLE),
+    ):
+        reason = xp.where(hit, xp.full_like(reason, int(code)), reason)
+    return reason
+
+
+def cutmix_image(a: Any, b: Any, cut: Any, layout: str = "CHW") -> Any:
+    """``a`` outside the cut, ``b`` inside it. ``layout`` is "HWC", "HW" or "CHW"; leading
+    batch dimensions are allowed when ``cut`` has a matching leading shape ``(B, 4)``."""
+    xp = array_namespace(a)
+    if layout == "HWC":
+        height, width = a.shape[-3], a.shape[-2]
+        region = region_mask(cut, height, width)[..., None]
+    elif layout == "HW":
+        height, width = a.shape[-2], a.shape[-1]
+        region = region_mask(cut, height, width)
+    elif layout == "CHW":
+        height, width = a.shape[-2], a.shape[-1]
+        region = region_mask(cut, height, width)[..., None, :, :]
+    else:
+        raise ValueError(f"layout must be 'HWC', 'HW' or 'CHW', got {layout!r}")
+    return xp.where(region, b, a)
+
+
+def mixup_image(a: Any, b: Any, lam: Any) -> Any:
+    """``lam * a + (1 - lam) * b``; uint8 is computed in float32, rounded half to even and
+    clipped, so it never wraps around. ``lam`` may be a scalar or an array broadcastable to
+    ``a`` (one value per image of a batch)."""
+    xp = array_namespace(a)
+    if a.dtype == xp.uint8:
+        mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
+        return xp.astype(xp.clip(xp.round(mixed), min=0, max=255), xp.uint8)
+    if a.dtype in (xp.float32, xp.float64):
+        return lam * a + (1 - lam) * b
+    # float16 / bfloat16: blend in float32, store in the input dtype.
+    mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
+    return xp.astype(mixed, a.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Sample functions
+# --------------------------------------------------------------------------------------------
+
+
+def _check_unit(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def _check_non_negative(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a non-negative number, got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 <= value < math.inf):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _check_weight(weight: Any) -> str:
+    if weight not in _WEIGHT_MODES:
+        raise ValueError(f"weight must be one of {_WEIGHT_MODES}, got {weight!r}")
+    return weight
+
+
+def check_cut_box(cut_box: Any, height: int, width: int) -> tuple[int, int, int, int]:
+    """Validate a cut box against a ``height x width`` canvas and return it as four ints."""
+    try:
+        values = [float(v) for v in cut_box]
+    except TypeError:
+        raise TypeError(f"cut_box must be a sequence of 4 numbers (x1, y1, x2, y2), got {cut_box!r}") from None
+    if len(values) != 4:
+        raise ValueError(f"cut_box must have 4 numbers (x1, y1, x2, y2), got {len(values)}")
+    if not all(math.isfinite(v) and v == int(v) for v in values):
+        raise ValueError(f"cut_box must hold whole pixel coordinates, got {list(cut_box)}")
+    x1, y1, x2, y2 = (int(v) for v in values)
+    if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
+        raise ValueError(
+            f"cut_box must satisfy 0 <= x1 <= x2 <= {width} and 0 <= y1 <= y2 <= {height} "
+            f"(half-open, on the {width}x{height} canvas), got {(x1, y1, x2, y2)}"
+        )
+    return x1, y1, x2, y2
+
+
+def _concat_pair(xp: Any, x: Any, y: Any) -> Any:
+    return xp.concat([x, y], axis=0)
+
+
+def _source_and_index(xp: Any, pa: Parsed, pb: Parsed) -> tuple[Any, Any]:
+    dev = device(pa.boxes)
+    source = xp.concat(
+        [xp.zeros(pa.num_boxes, dtype=xp.int64, device=dev), xp.ones(pb.num_boxes, dtype=xp.int64, device=dev)]
+    )
+    index = xp.concat(
+        [xp.arange(pa.num_boxes, dtype=xp.int64, device=dev), xp.arange(pb.num_boxes, dtype=xp.int64, device=dev)]
+    )
+    return source, index
+
+
+def _assemble(
+    pa: Parsed,
+    pb: Parsed,
+    image: Any,
+    boxes: Any,
+    masks: Any | None,
+    visibility: Any,
+    share: Any,
+    reason: Any,
+    weight: str,
+    lam: float,
+) -> dict[str, Any]:
+    """Gather the kept rows of everything that rides with the boxes, and record the dropped."""
+    xp = pa.xp
+    source, index = _source_and_index(xp, pa, pb)
+    keep = reason < 0
+    gone = ~keep
+    if weight == "visibility":
+        weights = visibility
+    elif weight == "lam":
+        weights = share
+    else:
+        weights = xp.ones_like(visibility)
+
+    out: dict[str, Any] = dict(pa.per_sample)
+    out["image"] = image
+    out["boxes"] = xp.astype(boxes[keep], pa.boxes.dtype)
+    out["labels"] = _concat_pair(xp, pa.labels, xp.astype(pb.labels, pa.labels.dtype))[keep]
+    if masks is not None:
+        out["masks"] = masks[keep]
+    for key, value in pa.per_box.items():
+        other = pb.per_box[key]
+        if other.dtype != value.dtype:
+            other = xp.astype(other, value.dtype)
+        out[key] = _concat_pair(xp, value, other)[keep]
+    out["weights"] = weights[keep]
+    out["source"] = source[keep]
+    out["index"] = index[keep]
+    out["lam"] = lam
+    out["dropped"] = {
+        "source": source[gone],
+        "index": index[gone],
+        "visibility": visibility[gone],
+        "reason": reason[gone],
+    }
+    return out
+
+
+def cutmix(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    cut_box: Sequence[int],
+    *,
+    min_visibility: float = 0.0,
+    min_area: float = 0.0,
+    min_size: float = 1.0,
+    weight: WeightMode = "visibility",
+) -> dict[str, Any]:
+    """Paste the ``cut_box`` region of ``b`` onto ``a``, with boxes, masks and extras following.
+
+    Args:
+        a: the sample whose canvas is kept (see :mod:`detmix` for the sample dict).
+        b: the sample pasted inside the cut; same canvas, array kind and dtype as ``a``.
+        cut_box: ``(x1, y1, x2, y2)`` whole pixels, half-open, inside the canvas.
+        min_visibility: drop boxes whose visible share is below this.
+        min_area: drop boxes whose new area (pixels²) is below this.
+        min_size: drop boxes whose new width or height is below this.
+        weight: per-box weights: ``"visibility"`` (visible share), ``"lam"`` (share of the
+            output image that comes from the box's source) or ``"hard"`` (1).
+
+    Returns:
+        A new sample of the same array kind as ``a``: ``image``, ``boxes``, ``labels``,
+        ``masks`` (if given), every per-box extra, and ``weights``, ``source`` (0 for ``a``,
+        1 for ``b``), ``index`` (row in its source), ``lam`` (``1 - area(cut) / (H * W)``) and
+        ``dropped`` (``source``, ``index``, ``visibility``, ``reason`` of every removed box).
+        Kept boxes come in the order of ``a``'s then ``b``'s. Inputs are not modified.
+    """
+    pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
+    check_pair(pa, pb)
+    min_visibility = _check_unit(min_visibility, "min_visibility")
+    min_area = _check_non_negative(min_area, "min_area")
+    min_size = _check_non_negative(min_size, "min_size")
+    weight = _check_weight(weight)
+    x1, y1, x2, y2 = check_cut_box(cut_box, pa.height, pa.width)
+
+    xp = pa.xp
+    dtype = pa.boxes.dtype
+    dev = device(pa.boxes)
+    lam = 1.0 - (x2 - x1) * (y2 - y1) / (pa.height * pa.width)
+    cut = xp.asarray([x1, y1, x2, y2], dtype=dtype, device=dev)
+    boxes = _concat_pair(xp, pa.boxes, xp.astype(pb.boxes, dtype))
+    source, _ = _source_and_index(xp, pa, pb)
+    pasted = source == 1
+
+    masks = None
+    if pa.masks is not None:
+        masks, visibility, boxes = cutmix_masks(_concat_pair(xp, pa.masks, pb.masks), cut, pasted, dtype)
+    else:
+        boxes, visibility = cutmix_boxes(boxes, cut, pasted)
+    reason = drop_reasons(boxes, visibility, min_visibility=min_visibility, min_area=min_area, min_size=min_size)
+    share = xp.where(pasted, xp.full_like(visibility, 1.0 - lam), xp.full_like(visibility, lam))
+    image = cutmix_image(pa.image, pb.image, cut, pa.layout)
+    return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam)
+
+
+def mixup(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    lam: float,
+    *,
+    min_weight: float = 0.0,
+    weight: WeightMode = "visibility",
+) -> dict[str, Any]:
+    """Blend ``lam * a + (1 - lam) * b`` and keep the boxes of both.
+
+    Each box's visibility is the share of its image in the blend (``lam`` for ``a``'s boxes,
+    ``1 - lam`` for ``b``'s), which is also its weight by default (the per-box loss weights of
+    "Bag of Freebies for Training Object Detection Neural Networks"); ``weight="hard"`` gives 1.
+    Boxes of an image whose share is 0, or below ``min_weight``, are dropped. Masks and boxes
+    are unchanged. The result has the same keys as :func:`cutmix`'s.
+    """
+    pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
+    check_pair(pa, pb)
+    lam = _check_unit(lam, "lam")
+    min_weight = _check_unit(min_weight, "min_weight")
+    weight = _check_weight(weight)
+
+    xp = pa.xp
+    dtype = pa.boxes.dtype
+    boxes = _concat_pair(xp, pa.boxes, xp.astype(pb.boxes, dtype))
+    source, _ = _source_and_index(xp, pa, pb)
+    share = xp.where(source == 1, xp.full_like(boxes[:, 0], 1.0 - lam), xp.full_like(boxes[:, 0], lam))
+    reason = xp.full(share.shape, -1, dtype=xp.int64, device=device(boxes))
+    reason = xp.where(share < min_weight, xp.full_like(reason, int(DropReason.MIN_WEIGHT)), reason)
+    reason = xp.where(share <= 0, xp.full_like(reason, int(DropReason.INVISIBLE)), reason)
+    masks = None if pa.masks is None else _concat_pair(xp, pa.masks, pb.masks)
+    image = mixup_image(pa.image, pb.image, lam)
+    return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam)

@@ -1,0 +1,63 @@
+"""One mix end to end: align the pair, draw parameters, apply them. Every adapter uses this.
+
+>>> mixer = RandomMix("deit")
+>>> out = mixer(a, b, np.random.default_rng(0))      # doctest: +SKIP
+>>> out["params"].to_dict()                          # doctest: +SKIP
+{'mode': 'cutmix', 'lam': 0.71, 'cut_box': [12, 40, 180, 150], 'canvas': [240, 320]}
+>>> again = apply_params(*align_pair(a, b, "pad"), out["params"], mixer.recipe)  # same output
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detmix import functional as F
+from detmix.align import align_pair, canvas_size
+from detmix.recipes import Recipe, load_recipe
+from detmix.sampling import MixParams, sample_params
+
+__all__ = ["RandomMix", "apply_params"]
+
+
+def apply_params(a: dict[str, Any], b: dict[str, Any], params: MixParams, recipe: Recipe) -> dict[str, Any]:
+    """Apply drawn ``params`` to an aligned pair with the thresholds and weight mode of
+    ``recipe``. The result is :func:`detmix.functional.cutmix`'s plus ``params``. Mode
+    ``"none"`` returns ``a`` with weight 1 on every box and ``b``'s boxes in ``dropped``."""
+    if not isinstance(params, MixParams):
+        raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
+    if params.canvas is not None and tuple(params.canvas) != canvas_size(a):
+        raise ValueError(f"params were drawn for canvas {tuple(params.canvas)} but a has canvas {canvas_size(a)}")
+    if params.mode == "cutmix":
+        if recipe.cutmix is None:
+            raise ValueError(f"params ask for CutMix but recipe {recipe.name!r} has no 'cutmix' section")
+        cfg = recipe.cutmix
+        out = F.cutmix(
+            a, b, params.cut_box,
+            min_visibility=cfg.min_visibility, min_area=cfg.min_area, min_size=cfg.min_size, weight=cfg.weight,
+        )
+    elif params.mode == "mixup":
+        if recipe.mixup is None:
+            raise ValueError(f"params ask for MixUp but recipe {recipe.name!r} has no 'mixup' section")
+        out = F.mixup(a, b, params.lam, min_weight=recipe.mixup.min_weight, weight=recipe.mixup.weight)
+    else:
+        out = F.cutmix(a, b, (0, 0, 0, 0), min_visibility=0.0, min_area=0.0, min_size=0.0, weight="hard")
+    out["params"] = params
+    return out
+
+
+class RandomMix:
+    """Mix pairs according to a recipe (a name under ``configs/recipes``, a path, a dict or a
+    :class:`~detmix.recipes.Recipe`). Randomness comes only from the generator passed to each
+    call; the drawn :class:`~detmix.sampling.MixParams` are returned under ``"params"``."""
+
+    def __init__(self, recipe: str | Recipe | dict = "deit") -> None:
+        self.recipe = load_recipe(recipe)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(recipe={self.recipe.name!r})"
+
+    def __call__(self, a: dict[str, Any], b: dict[str, Any], generator: Any) -> dict[str, Any]:
+        a, b = align_pair(a, b, self.recipe.align)
+        height, width = canvas_size(a)
+        params = sample_params(generator, self.recipe, height, width)
+        return apply_params(a, b, params, self.recipe)

@@ -1,0 +1,162 @@
+"""Random parameters of a mix, drawn in one place from an injected generator.
+
+Every function takes a ``numpy.random.Generator`` or a ``torch.Generator`` and never touches a
+global random state. The result of a draw is a :class:`MixParams`, a small frozen record that can
+be logged (``to_dict``), sent over the wire and replayed exactly (``MixParams.from_dict`` and
+:func:`detmix.apply_params`).
+
+``torch.Generator`` support: torch has no Beta sampler that takes a generator, so one 63-bit
+integer is drawn from the torch generator and seeds a numpy generator for that call. Draws are
+therefore reproducible from the torch generator's state, but differ from a numpy generator with
+the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from detmix.recipes import Recipe
+
+__all__ = ["MixParams", "as_numpy_generator", "sample_cut_box", "sample_lam", "sample_params"]
+
+Mode = Literal["none", "mixup", "cutmix"]
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """What one mix did: enough to replay it exactly.
+
+    Attributes:
+        mode: ``"cutmix"``, ``"mixup"`` or ``"none"`` (the sample passed through unmixed).
+        lam: share of the output that comes from ``a`` (for CutMix, recomputed from the clipped
+            cut box: ``1 - area(cut_box) / (H * W)``).
+        cut_box: ``(x1, y1, x2, y2)`` half-open whole pixels, CutMix only.
+        canvas: ``(height, width)`` the parameters were drawn for.
+    """
+
+    mode: Mode
+    lam: float
+    cut_box: tuple[int, int, int, int] | None = None
+    canvas: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "mixup", "cutmix"):
+            raise ValueError(f"mode must be 'none', 'mixup' or 'cutmix', got {self.mode!r}")
+        if not (0.0 <= self.lam <= 1.0):
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        if (self.mode == "cutmix") != (self.cut_box is not None):
+            raise ValueError(f"cut_box must be given for mode 'cutmix' and only then, got mode={self.mode!r}, "
+                             f"cut_box={self.cut_box!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MixParams:
+        cut = data.get("cut_box")
+        canvas = data.get("canvas")
+        return cls(
+            mode=data["mode"],
+            lam=float(data["lam"]),
+            cut_box=None if cut is None else tuple(int(v) for v in cut),
+            canvas=None if canvas is None else tuple(int(v) for v in canvas),
+        )
+
+
+def as_numpy_generator(generator: Any) -> np.random.Generator:
+    """The numpy generator to draw from: ``generator`` itself, or one seeded by a single draw
+    from a ``torch.Generator``. Anything else (an int seed, None, the ``random`` module) is a
+    ``TypeError``: pass ``np.random.default_rng(seed)`` instead."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional
+        torch = None
+    if torch is not None and isinstance(generator, torch.Generator):
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=generator.device).item())
+        return np.random.default_rng(seed)
+    raise TypeError(
+        "generator must be a numpy.random.Generator or a torch.Generator, got "
+        f"{type(generator).__name__} (use np.random.default_rng(seed))"
+    )
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < float(alpha) < math.inf):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    return float(alpha)
+
+
+def _check_clamp(clamp: tuple[float, float] | None) -> tuple[float, float] | None:
+    if clamp is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clamp)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam_clamp must be a pair (low, high), got {clamp!r}") from None
+    if not (0.0 <= lo <= hi <= 1.0):
+        raise ValueError(f"lam_clamp must satisfy 0 <= low <= high <= 1, got {clamp!r}")
+    return lo, hi
+
+
+def sample_lam(generator: Any, alpha: float, clamp: tuple[float, float] | None = None) -> float:
+    """``lam ~ Beta(alpha, alpha)``, clipped to ``clamp = (low, high)`` when given."""
+    alpha = _check_alpha(alpha)
+    clamp = _check_clamp(clamp)
+    lam = float(as_numpy_generator(generator).beta(alpha, alpha))
+    if clamp is not None:
+        lam = min(max(lam, clamp[0]), clamp[1])
+    return lam
+
+
+def cut_box_for(lam: float, center: tuple[int, int], height: int, width: int) -> tuple[tuple[int, int, int, int], float]:
+    """The cut box of area ``(1 - lam) * H * W`` centred on ``center = (cx, cy)``, clipped to the
+    canvas, and the ``lam`` recomputed from the clipped box (the rule of torchvision's and timm's
+    CutMix: sides ``sqrt(1 - lam)`` of the canvas's)."""
+    ratio = 0.5 * math.sqrt(1.0 - lam)
+    half_w, half_h = int(ratio * width), int(ratio * height)
+    cx, cy = center
+    x1, y1 = max(cx - half_w, 0), max(cy - half_h, 0)
+    x2, y2 = min(cx + half_w, width), min(cy + half_h, height)
+    return (x1, y1, x2, y2), 1.0 - (x2 - x1) * (y2 - y1) / (height * width)
+
+
+def sample_cut_box(generator: Any, lam: float, height: int, width: int) -> tuple[tuple[int, int, int, int], float]:
+    """A cut box for ``lam`` with its centre uniform over the canvas; returns ``(box, lam)``
+    with ``lam`` recomputed from the clipped box."""
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got height={height}, width={width}")
+    rng = as_numpy_generator(generator)
+    cx, cy = int(rng.integers(width)), int(rng.integers(height))
+    return cut_box_for(lam, (cx, cy), height, width)
+
+
+def sample_params(generator: Any, recipe: Recipe, height: int, width: int) -> MixParams:
+    """Draw one mix for a ``height x width`` canvas according to ``recipe``.
+
+    The DeiT-style switch: with probability ``1 - recipe.prob`` nothing is mixed; otherwise
+    CutMix with probability ``recipe.switch_prob`` when both are configured, else the one that
+    is. All draws come from ``generator``, in a fixed order (apply?, which?, lam, centre)."""
+    rng = as_numpy_generator(generator)
+    canvas = (int(height), int(width))
+    if rng.random() >= recipe.prob:
+        return MixParams("none", 1.0, None, canvas)
+    if recipe.mixup is not None and recipe.cutmix is not None:
+        use_cutmix = bool(rng.random() < recipe.switch_prob)
+    else:
+        use_cutmix = recipe.cutmix is not None
+    if use_cutmix:
+        cfg = recipe.cutmix
+        lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
+        box, lam = sample_cut_box(rng, lam, height, width)
+        return MixParams("cutmix", lam, box, canvas)
+    cfg = recipe.mixup
+    return MixParams("mixup", sample_lam(rng, cfg.alpha, cfg.lam_clamp), None, canvas)
