@@ -12,6 +12,7 @@ live here once. Errors name the argument, what was expected and what came.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,8 @@ class Parsed:
     boxes: Any
     labels: Any
     masks: Any | None
-    per_box: dict[str, Any] = field(default_factory=dict)
-    per_sample: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, Any] = field(default_factory=dict)  # extras that are arrays (per-box candidates)
+    scalars: dict[str, Any] = field(default_factory=dict)  # extras that are not arrays
 
     @property
     def num_boxes(self) -> int:
@@ -138,27 +139,19 @@ def parse_sample(sample: Any, name: str, *, check_values: bool = True) -> Parsed
         if _dtype_name(masks) not in ("bool", "uint8"):
             raise TypeError(f"{name}['masks'] must be bool or uint8, got dtype {_dtype_name(masks)}")
 
-    per_box: dict[str, Any] = {}
-    per_sample: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}
+    scalars: dict[str, Any] = {}
     for key, value in sample.items():
         if key in RESERVED or key in OUTPUT_KEYS:
             continue
-        if is_numpy_array(value) or is_torch_array(value):
-            if value.ndim == 0:
-                per_sample[key] = value
-                continue
-            if value.shape[0] != n:
-                raise ValueError(
-                    f"{name}[{key!r}] has {value.shape[0]} rows but {name}['boxes'] has {n}; arrays ride along "
-                    "with the boxes (one row per box), sample-level values must be scalars"
-                )
-            per_box[key] = _as_kind(value, kind, image, f"{name}[{key!r}]")
+        if (is_numpy_array(value) or is_torch_array(value)) and value.ndim > 0:
+            arrays[key] = value
         else:
-            per_sample[key] = value
+            scalars[key] = value
 
     if check_values and n:
         _check_box_values(xp, boxes, height, width, name)
-    return Parsed(kind, xp, image, layout, height, width, boxes, labels, masks, per_box, per_sample)
+    return Parsed(kind, xp, image, layout, height, width, boxes, labels, masks, arrays, scalars)
 
 
 def _check_box_values(xp: Any, boxes: Any, height: int, width: int, name: str) -> None:
@@ -199,7 +192,44 @@ def check_pair(pa: Parsed, pb: Parsed) -> None:
     if (pa.masks is None) != (pb.masks is None):
         have, lack = ("a", "b") if pa.masks is not None else ("b", "a")
         raise ValueError(f"masks were given for {have} but not for {lack}; give masks for both samples or neither")
-    if set(pa.per_box) != set(pb.per_box):
-        raise ValueError(
-            f"a and b must carry the same per-box keys, got a: {sorted(pa.per_box)}, b: {sorted(pb.per_box)}"
-        )
+
+
+def split_extras(
+    pa: Parsed, pb: Parsed, box_keys: Iterable[str] | None = None
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """Decide which extras ride along with the boxes: ``{key: (a's rows, b's rows)}``; the rest
+    are sample-level values of ``a``, returned as the second dict.
+
+    With ``box_keys`` given, exactly those keys are per-box, and each must be an array with one
+    row per box in both samples. Without, a key is per-box when it is an array with one row per
+    box in both ``a`` and ``b`` (ambiguous only when an unrelated array happens to have as many
+    rows as there are boxes in both samples: pass ``box_keys`` to be exact).
+    """
+    if box_keys is not None:
+        keys = list(box_keys)
+        for key in keys:
+            for p, name in ((pa, "a"), (pb, "b")):
+                value = p.arrays.get(key)
+                if value is None:
+                    raise ValueError(f"box_keys names {key!r} but {name}[{key!r}] is missing or not an array")
+                if value.shape[0] != p.num_boxes:
+                    raise ValueError(
+                        f"{name}[{key!r}] must have one row per box ({p.num_boxes}), got {value.shape[0]} rows"
+                    )
+    else:
+        keys = [
+            k for k, v in pa.arrays.items()
+            if v.shape[0] == pa.num_boxes and k in pb.arrays and pb.arrays[k].shape[0] == pb.num_boxes
+        ]
+    per_box = {}
+    for key in keys:
+        va = _as_kind(pa.arrays[key], pa.kind, pa.image, f"a[{key!r}]")
+        vb = _as_kind(pb.arrays[key], pa.kind, pa.image, f"b[{key!r}]")
+        if tuple(va.shape[1:]) != tuple(vb.shape[1:]):
+            raise ValueError(
+                f"a[{key!r}] and b[{key!r}] must have the same row shape, got {tuple(va.shape[1:])} and "
+                f"{tuple(vb.shape[1:])}"
+            )
+        per_box[key] = (va, vb)
+    sample_level = {**pa.scalars, **{k: v for k, v in pa.arrays.items() if k not in per_box}}
+    return per_box, sample_level

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from array_api_compat import array_namespace, device
 
-from detmix._sample import Parsed, check_pair, parse_sample
+from detmix._sample import Parsed, check_pair, parse_sample, split_extras
 
 __all__ = [
     "DropReason",
@@ -293,6 +293,7 @@ def _assemble(
     reason: Any,
     weight: str,
     lam: float,
+    box_keys: Sequence[str] | None,
 ) -> dict[str, Any]:
     """Gather the kept rows of everything that rides with the boxes, and record the dropped."""
     xp = pa.xp
@@ -306,14 +307,14 @@ def _assemble(
     else:
         weights = xp.ones_like(visibility)
 
-    out: dict[str, Any] = dict(pa.per_sample)
+    per_box, sample_level = split_extras(pa, pb, box_keys)
+    out: dict[str, Any] = dict(sample_level)
     out["image"] = image
     out["boxes"] = xp.astype(boxes[keep], pa.boxes.dtype)
     out["labels"] = _concat_pair(xp, pa.labels, xp.astype(pb.labels, pa.labels.dtype))[keep]
     if masks is not None:
         out["masks"] = masks[keep]
-    for key, value in pa.per_box.items():
-        other = pb.per_box[key]
+    for key, (value, other) in per_box.items():
         if other.dtype != value.dtype:
             other = xp.astype(other, value.dtype)
         out[key] = _concat_pair(xp, value, other)[keep]
@@ -339,6 +340,7 @@ def cutmix(
     min_area: float = 0.0,
     min_size: float = 1.0,
     weight: WeightMode = "visibility",
+    box_keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Paste the ``cut_box`` region of ``b`` onto ``a``, with boxes, masks and extras following.
 
@@ -351,6 +353,9 @@ def cutmix(
         min_size: drop boxes whose new width or height is below this.
         weight: per-box weights: ``"visibility"`` (visible share), ``"lam"`` (share of the
             output image that comes from the box's source) or ``"hard"`` (1).
+        box_keys: the extra keys that hold one row per box (ids, iscrowd, area...). Default:
+            every array with one row per box in both samples. Other extras are sample-level
+            and are taken from ``a``.
 
     Returns:
         A new sample of the same array kind as ``a``: ``image``, ``boxes``, ``labels``,
@@ -384,7 +389,7 @@ def cutmix(
     reason = drop_reasons(boxes, visibility, min_visibility=min_visibility, min_area=min_area, min_size=min_size)
     share = xp.where(pasted, xp.full_like(visibility, 1.0 - lam), xp.full_like(visibility, lam))
     image = cutmix_image(pa.image, pb.image, cut, pa.layout)
-    return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam)
+    return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam, box_keys)
 
 
 def mixup(
@@ -394,6 +399,7 @@ def mixup(
     *,
     min_weight: float = 0.0,
     weight: WeightMode = "visibility",
+    box_keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Blend ``lam * a + (1 - lam) * b`` and keep the boxes of both.
 
@@ -419,4 +425,4 @@ def mixup(
     reason = xp.where(share <= 0, xp.full_like(reason, int(DropReason.INVISIBLE)), reason)
     masks = None if pa.masks is None else _concat_pair(xp, pa.masks, pb.masks)
     image = mixup_image(pa.image, pb.image, lam)
-    return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam)
+    return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam, box_keys)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from detmix import functional as F
@@ -19,9 +20,11 @@ from detmix.sampling import MixParams, sample_params
 __all__ = ["RandomMix", "apply_params"]
 
 
-def apply_params(a: dict[str, Any], b: dict[str, Any], params: MixParams, recipe: Recipe) -> dict[str, Any]:
+def apply_params(
+    a: dict[str, Any], b: dict[str, Any], params: MixParams, recipe: Recipe, *, box_keys: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Apply drawn ``params`` to an aligned pair with the thresholds and weight mode of
-    ``recipe``. The result is :func:`detmix.functional.cutmix`'s plus ``params``. Mode
+    ``recipe`` (``box_keys`` as in :func:`detmix.functional.cutmix`). The result is :func:`detmix.functional.cutmix`'s plus ``params``. Mode
     ``"none"`` returns ``a`` with weight 1 on every box and ``b``'s boxes in ``dropped``."""
     if not isinstance(params, MixParams):
         raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
@@ -34,13 +37,18 @@ def apply_params(a: dict[str, Any], b: dict[str, Any], params: MixParams, recipe
         out = F.cutmix(
             a, b, params.cut_box,
             min_visibility=cfg.min_visibility, min_area=cfg.min_area, min_size=cfg.min_size, weight=cfg.weight,
+            box_keys=box_keys,
         )
     elif params.mode == "mixup":
         if recipe.mixup is None:
             raise ValueError(f"params ask for MixUp but recipe {recipe.name!r} has no 'mixup' section")
-        out = F.mixup(a, b, params.lam, min_weight=recipe.mixup.min_weight, weight=recipe.mixup.weight)
+        out = F.mixup(
+            a, b, params.lam, min_weight=recipe.mixup.min_weight, weight=recipe.mixup.weight, box_keys=box_keys
+        )
     else:
-        out = F.cutmix(a, b, (0, 0, 0, 0), min_visibility=0.0, min_area=0.0, min_size=0.0, weight="hard")
+        out = F.cutmix(
+            a, b, (0, 0, 0, 0), min_visibility=0.0, min_area=0.0, min_size=0.0, weight="hard", box_keys=box_keys
+        )
     out["params"] = params
     return out
 
@@ -50,8 +58,9 @@ class RandomMix:
     :class:`~detmix.recipes.Recipe`). Randomness comes only from the generator passed to each
     call; the drawn :class:`~detmix.sampling.MixParams` are returned under ``"params"``."""
 
-    def __init__(self, recipe: str | Recipe | dict = "deit") -> None:
+    def __init__(self, recipe: str | Recipe | dict = "deit", *, box_keys: Sequence[str] | None = None) -> None:
         self.recipe = load_recipe(recipe)
+        self.box_keys = None if box_keys is None else tuple(box_keys)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(recipe={self.recipe.name!r})"
@@ -60,4 +69,4 @@ class RandomMix:
         a, b = align_pair(a, b, self.recipe.align)
         height, width = canvas_size(a)
         params = sample_params(generator, self.recipe, height, width)
-        return apply_params(a, b, params, self.recipe)
+        return apply_params(a, b, params, self.recipe, box_keys=self.box_keys)

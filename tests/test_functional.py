@@ -225,6 +225,16 @@ def test_extras_ride_along_and_sample_keys_pass_through():
     assert out["iscrowd"].tolist() == [0, 0]
     assert out["image_id"] == 7
     assert "ids" not in out["dropped"]  # dropped rows are named by (source, index)
+
+
+def test_arrays_of_other_lengths_are_sample_level_from_a():
+    a = make_sample(50, 50, [[0, 0, 10, 10], [30, 30, 40, 40]], crowd_boxes=np.zeros((0, 4)), orig_size=[50, 50])
+    b = make_sample(50, 50, [[0, 0, 50, 50]], crowd_boxes=np.ones((1, 4)), orig_size=[50, 50])
+    out = F.cutmix(a, b, (25, 25, 50, 50))
+    assert out["crowd_boxes"] is a["crowd_boxes"] and out["orig_size"] is a["orig_size"]
+    # b's crowd_boxes has one row per box by coincidence: naming the keys makes it exact
+    exact = F.cutmix(a, b, (25, 25, 50, 50), box_keys=[])
+    assert exact["crowd_boxes"] is a["crowd_boxes"]
     assert _dropped(out) == {(0, 1): (0.0, DropReason.INVISIBLE)}
 
 
@@ -285,7 +295,6 @@ GOOD_A = make_sample(20, 30, [[1, 1, 5, 5]])
         ({"labels": np.array([1.5])}, TypeError, r"a\['labels'\] must be integers, got dtype float64"),
         ({"masks": np.zeros((1, 10, 30), np.uint8)}, ValueError, r"a\['masks'\] must have shape \(1, 20, 30\).*got \(1, 10, 30\)"),
         ({"masks": np.zeros((1, 20, 30), np.float32)}, TypeError, r"a\['masks'\] must be bool or uint8, got dtype float32"),
-        ({"ids": np.array([1, 2, 3])}, ValueError, r"a\['ids'\] has 3 rows but a\['boxes'\] has 1"),
     ],
 )
 def test_bad_samples_are_named(change, error, match):
@@ -324,8 +333,10 @@ def test_bad_pairs_are_named():
         F.mixup(GOOD_A, to_torch(make_sample(20, 30)), 0.5)
     with pytest.raises(ValueError, match=r"masks were given for a but not for b"):
         F.mixup(make_sample(20, 30, masks=True), make_sample(20, 30), 0.5)
-    with pytest.raises(ValueError, match=r"same per-box keys, got a: \['ids'\], b: \[\]"):
-        F.mixup(make_sample(20, 30, ids=np.zeros(0)), make_sample(20, 30), 0.5)
+    with pytest.raises(ValueError, match=r"a\['ids'\] must have one row per box \(1\), got 3 rows"):
+        F.mixup({**GOOD_A, "ids": np.arange(3)}, make_sample(20, 30, ids=[]), 0.5, box_keys=["ids"])
+    with pytest.raises(ValueError, match=r"box_keys names 'ids' but b\['ids'\] is missing or not an array"):
+        F.mixup({**GOOD_A, "ids": np.arange(1)}, make_sample(20, 30), 0.5, box_keys=["ids"])
     with pytest.raises(ValueError, match=r"lam must be in \[0, 1\], got -0.1"):
         F.mixup(GOOD_A, make_sample(20, 30), -0.1)
     with pytest.raises(ValueError, match=r"missing \['labels'\]"):
