@@ -31,6 +31,7 @@ from detmix._sample import Parsed, check_pair, parse_sample, split_extras
 __all__ = [
     "DropReason",
     "WeightMode",
+    "box_weights",
     "cutmix",
     "cutmix_boxes",
     "cutmix_image",
@@ -38,6 +39,7 @@ __all__ = [
     "drop_reasons",
     "masks_to_boxes",
     "mixup",
+    "mixup_drop_reasons",
     "mixup_image",
     "region_mask",
 ]
@@ -186,6 +188,28 @@ def drop_reasons(
     return reason
 
 
+def mixup_drop_reasons(share: Any, *, min_weight: float = 0.0) -> Any:
+    """``(N,)`` int64 codes for MixUp: -1 for a kept box, :attr:`DropReason.INVISIBLE` where its
+    image's share is 0, :attr:`DropReason.MIN_WEIGHT` where it is below ``min_weight``."""
+    xp = array_namespace(share)
+    reason = xp.full(share.shape, -1, dtype=xp.int64, device=device(share))
+    reason = xp.where(share < min_weight, xp.full_like(reason, int(DropReason.MIN_WEIGHT)), reason)
+    return xp.where(share <= 0, xp.full_like(reason, int(DropReason.INVISIBLE)), reason)
+
+
+def box_weights(mode: str, visibility: Any, share: Any) -> Any:
+    """Per-box weights: the visibility, the share of the box's image in the output (``"lam"``)
+    or ones (``"hard"``)."""
+    xp = array_namespace(visibility)
+    if mode == "visibility":
+        return visibility
+    if mode == "lam":
+        return share
+    if mode == "hard":
+        return xp.ones_like(visibility)
+    raise ValueError(f"weight must be one of {_WEIGHT_MODES}, got {mode!r}")
+
+
 def cutmix_image(a: Any, b: Any, cut: Any, layout: str = "CHW") -> Any:
     """``a`` outside the cut, ``b`` inside it. ``layout`` is "HWC", "HW" or "CHW"; leading
     batch dimensions are allowed when ``cut`` has a matching leading shape ``(B, 4)``."""
@@ -300,12 +324,7 @@ def _assemble(
     source, index = _source_and_index(xp, pa, pb)
     keep = reason < 0
     gone = ~keep
-    if weight == "visibility":
-        weights = visibility
-    elif weight == "lam":
-        weights = share
-    else:
-        weights = xp.ones_like(visibility)
+    weights = box_weights(weight, visibility, share)
 
     per_box, sample_level = split_extras(pa, pb, box_keys)
     out: dict[str, Any] = dict(sample_level)
@@ -420,9 +439,7 @@ def mixup(
     boxes = _concat_pair(xp, pa.boxes, xp.astype(pb.boxes, dtype))
     source, _ = _source_and_index(xp, pa, pb)
     share = xp.where(source == 1, xp.full_like(boxes[:, 0], 1.0 - lam), xp.full_like(boxes[:, 0], lam))
-    reason = xp.full(share.shape, -1, dtype=xp.int64, device=device(boxes))
-    reason = xp.where(share < min_weight, xp.full_like(reason, int(DropReason.MIN_WEIGHT)), reason)
-    reason = xp.where(share <= 0, xp.full_like(reason, int(DropReason.INVISIBLE)), reason)
+    reason = mixup_drop_reasons(share, min_weight=min_weight)
     masks = None if pa.masks is None else _concat_pair(xp, pa.masks, pb.masks)
     image = mixup_image(pa.image, pb.image, lam)
     return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam, box_keys)
