@@ -20,6 +20,8 @@ from array_api_compat import array_namespace, is_numpy_array, is_torch_array
 
 #: Keys with a fixed meaning; everything else is an extra.
 RESERVED = frozenset({"image", "boxes", "labels", "masks"})
+#: Array-valued keys that are known to describe the whole sample, never one row per box.
+SAMPLE_LEVEL_KEYS = frozenset({"crowd_boxes", "crowd_mask", "orig_size", "size", "image_size"})
 #: Keys written by the mixing kernels; they are replaced, never carried along.
 OUTPUT_KEYS = frozenset({"weights", "source", "index", "lam", "dropped"})
 
@@ -203,7 +205,8 @@ def split_extras(
     With ``box_keys`` given, exactly those keys are per-box, and each must be an array with one
     row per box in both samples. Without, a key is per-box when it is an array with one row per
     box in both ``a`` and ``b`` (ambiguous only when an unrelated array happens to have as many
-    rows as there are boxes in both samples: pass ``box_keys`` to be exact).
+    rows as there are boxes in both samples: pass ``box_keys`` to be exact). Keys in
+    :data:`SAMPLE_LEVEL_KEYS` (``crowd_boxes``, ``crowd_mask``...) are never per-box.
     """
     if box_keys is not None:
         keys = list(box_keys)
@@ -219,7 +222,8 @@ def split_extras(
     else:
         keys = [
             k for k, v in pa.arrays.items()
-            if v.shape[0] == pa.num_boxes and k in pb.arrays and pb.arrays[k].shape[0] == pb.num_boxes
+            if k not in SAMPLE_LEVEL_KEYS
+            and v.shape[0] == pa.num_boxes and k in pb.arrays and pb.arrays[k].shape[0] == pb.num_boxes
         ]
     per_box = {}
     for key in keys:

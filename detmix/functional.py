@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -111,8 +112,19 @@ def cutmix_boxes(boxes: Any, cut: Any, pasted: Any) -> tuple[Any, Any]:
         xp.stack([ix1, iy1, ix2, iy2], axis=1),
         xp.stack([nx1, ny1, nx2, ny2], axis=1),
     )
-    visibility = xp.where(pasted, inter / area, (area - inter) / area)
+    # A box too small for its area to be represented (float underflow) counts as invisible.
+    safe = xp.where(area > 0, area, xp.ones_like(area))
+    visibility = xp.where(area > 0, xp.where(pasted, inter, area - inter) / safe, xp.zeros_like(area))
     return new, visibility
+
+
+def _binary(masks: Any) -> Any:
+    """0/1 uint8 masks from bool or uint8 ones. Reductions on uint8 are far faster than on bool
+    (torch) and a bool array reinterpreted as uint8 costs no copy: the one place where the
+    kernels look at the backend, since the array API has no reinterpreting view."""
+    xp = array_namespace(masks)
+    on = masks if masks.dtype == xp.bool else masks != 0
+    return on.view(xp.uint8)
 
 
 def masks_to_boxes(masks: Any, dtype: Any = None) -> Any:
@@ -120,16 +132,15 @@ def masks_to_boxes(masks: Any, dtype: Any = None) -> Any:
     right and bottom edges one past the last pixel). Empty masks give ``(0, 0, 0, 0)``."""
     xp = array_namespace(masks)
     _, height, width = masks.shape
-    on = masks != 0
-    cols_on = xp.any(on, axis=1)  # (N, W)
-    rows_on = xp.any(on, axis=2)  # (N, H)
-    cols, rows = xp.astype(cols_on, xp.uint8), xp.astype(rows_on, xp.uint8)
+    on = _binary(masks)
+    cols = xp.max(on, axis=1)  # (N, W) 0/1
+    rows = xp.max(on, axis=2)  # (N, H) 0/1
     x1 = xp.argmax(cols, axis=1)
     x2 = width - xp.argmax(xp.flip(cols, axis=1), axis=1)
     y1 = xp.argmax(rows, axis=1)
     y2 = height - xp.argmax(xp.flip(rows, axis=1), axis=1)
     boxes = xp.stack([x1, y1, x2, y2], axis=1)
-    empty = ~xp.any(rows_on, axis=1)
+    empty = xp.max(rows, axis=1) == 0
     boxes = xp.where(empty[:, None], xp.zeros_like(boxes), boxes)
     return xp.astype(boxes, dtype if dtype is not None else xp.float32)
 
@@ -138,15 +149,16 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[
     """Apply the CutMix rules to instance masks.
 
     Args:
-        masks: ``(N, H, W)`` bool or uint8.
+        masks: ``(N, H, W)`` bool or uint8 (any non-zero value is foreground).
         cut: ``(4,)`` or ``(N, 4)`` cut box(es).
         pasted: ``(N,)`` bool as in :func:`cutmix_boxes`.
         dtype: float dtype of the returned boxes and visibility (default float32).
 
     Returns:
         ``(new_masks, visibility, boxes)``: ``mask & cut`` for pasted masks and ``mask & ~cut``
-        for the others (same dtype as ``masks``), the share of each mask's pixels that is left
-        (0 for an empty mask), and the tight boxes of the new masks (:func:`masks_to_boxes`).
+        for the others (bool masks stay bool, uint8 masks come back 0/1), the share of each
+        mask's pixels that is left (0 for an empty mask), and the tight boxes of the new masks
+        (:func:`masks_to_boxes`).
     """
     xp = array_namespace(masks)
     dtype = dtype if dtype is not None else xp.float32
@@ -154,12 +166,13 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[
     region = region_mask(cut, height, width)
     if region.ndim == 2:
         region = region[None]
-    on = masks != 0
-    keep = on & (region == pasted[:, None, None])
-    before = xp.astype(xp.sum(on, axis=(1, 2)), dtype)
-    after = xp.astype(xp.sum(keep, axis=(1, 2)), dtype)
-    visibility = xp.where(before > 0, after / xp.where(before > 0, before, xp.ones_like(before)), xp.zeros_like(before))
-    new_masks = xp.astype(keep, masks.dtype)
+    on = _binary(masks)
+    keep = on & xp.astype(region == pasted[:, None, None], xp.uint8)
+    before = xp.astype(xp.sum(xp.sum(on, axis=2, dtype=xp.int32), axis=1), dtype)
+    after = xp.astype(xp.sum(xp.sum(keep, axis=2, dtype=xp.int32), axis=1), dtype)
+    safe = xp.where(before > 0, before, xp.ones_like(before))
+    visibility = xp.where(before > 0, after / safe, xp.zeros_like(before))
+    new_masks = keep if masks.dtype == xp.uint8 else keep.view(xp.bool)
     return new_masks, visibility, masks_to_boxes(keep, dtype)
 
 
@@ -211,20 +224,27 @@ def box_weights(mode: str, visibility: Any, share: Any) -> Any:
 
 
 def cutmix_image(a: Any, b: Any, cut: Any, layout: str = "CHW") -> Any:
-    """``a`` outside the cut, ``b`` inside it. ``layout`` is "HWC", "HW" or "CHW"; leading
-    batch dimensions are allowed when ``cut`` has a matching leading shape ``(B, 4)``."""
+    """``a`` outside the cut, ``b`` inside it. ``layout`` is "HWC", "HW" or "CHW".
+
+    ``cut`` is either four ints ``(x1, y1, x2, y2)``, applied by a copy and one slice
+    assignment, or an array of shape ``(4,)`` or ``(B, 4)`` (one cut per image of a batch with
+    leading dimension ``B``), applied with ``where`` so that no coordinate has to leave the
+    device."""
     xp = array_namespace(a)
-    if layout == "HWC":
-        height, width = a.shape[-3], a.shape[-2]
-        region = region_mask(cut, height, width)[..., None]
-    elif layout == "HW":
-        height, width = a.shape[-2], a.shape[-1]
-        region = region_mask(cut, height, width)
-    elif layout == "CHW":
-        height, width = a.shape[-2], a.shape[-1]
-        region = region_mask(cut, height, width)[..., None, :, :]
-    else:
+    if layout not in ("HWC", "HW", "CHW"):
         raise ValueError(f"layout must be 'HWC', 'HW' or 'CHW', got {layout!r}")
+    if isinstance(cut, (tuple, list)):
+        x1, y1, x2, y2 = (int(v) for v in cut)
+        out = xp.asarray(a, copy=True)
+        window = (..., slice(y1, y2), slice(x1, x2)) if layout != "HWC" else (..., slice(y1, y2), slice(x1, x2), slice(None))
+        out[window] = b[window]
+        return out
+    if layout == "HWC":
+        region = region_mask(cut, a.shape[-3], a.shape[-2])[..., None]
+    elif layout == "HW":
+        region = region_mask(cut, a.shape[-2], a.shape[-1])
+    else:
+        region = region_mask(cut, a.shape[-2], a.shape[-1])[..., None, :, :]
     return xp.where(region, b, a)
 
 
@@ -249,7 +269,7 @@ def mixup_image(a: Any, b: Any, lam: Any) -> Any:
 
 
 def _check_unit(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
     value = float(value)
     if not (0.0 <= value <= 1.0):  # also rejects NaN
@@ -258,7 +278,7 @@ def _check_unit(value: Any, name: str) -> float:
 
 
 def _check_non_negative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a non-negative number, got {type(value).__name__}")
     value = float(value)
     if not (0.0 <= value < math.inf):
@@ -407,7 +427,7 @@ def cutmix(
         boxes, visibility = cutmix_boxes(boxes, cut, pasted)
     reason = drop_reasons(boxes, visibility, min_visibility=min_visibility, min_area=min_area, min_size=min_size)
     share = xp.where(pasted, xp.full_like(visibility, 1.0 - lam), xp.full_like(visibility, lam))
-    image = cutmix_image(pa.image, pb.image, cut, pa.layout)
+    image = cutmix_image(pa.image, pb.image, (x1, y1, x2, y2), pa.layout)
     return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam, box_keys)
 
 

@@ -232,9 +232,11 @@ def test_arrays_of_other_lengths_are_sample_level_from_a():
     b = make_sample(50, 50, [[0, 0, 50, 50]], crowd_boxes=np.ones((1, 4)), orig_size=[50, 50])
     out = F.cutmix(a, b, (25, 25, 50, 50))
     assert out["crowd_boxes"] is a["crowd_boxes"] and out["orig_size"] is a["orig_size"]
-    # b's crowd_boxes has one row per box by coincidence: naming the keys makes it exact
-    exact = F.cutmix(a, b, (25, 25, 50, 50), box_keys=[])
-    assert exact["crowd_boxes"] is a["crowd_boxes"]
+    # b's crowd_boxes has one row per box by coincidence, but it is a known sample-level key
+    assert F.cutmix(a, b, (25, 25, 50, 50))["crowd_boxes"] is a["crowd_boxes"]
+    a["tags"], b["tags"] = np.array([1, 2]), np.array([3])  # an unknown key: name the per-box keys to be exact
+    assert F.cutmix(a, b, (0, 0, 1, 1))["tags"].tolist() == [1, 2, 3]
+    assert F.cutmix(a, b, (0, 0, 1, 1), box_keys=[])["tags"] is a["tags"]
     assert _dropped(out) == {(0, 1): (0.0, DropReason.INVISIBLE)}
 
 
@@ -341,3 +343,28 @@ def test_bad_pairs_are_named():
         F.mixup(GOOD_A, make_sample(20, 30), -0.1)
     with pytest.raises(ValueError, match=r"missing \['labels'\]"):
         F.mixup({"image": GOOD_A["image"], "boxes": GOOD_A["boxes"]}, GOOD_A, 0.5)
+
+
+@pytest.mark.parametrize("layout", ["HWC", "HW", "CHW"])
+def test_cutmix_image_slice_and_where_paths_agree(rng, layout):
+    shape = {"HWC": (12, 15, 3), "HW": (12, 15), "CHW": (3, 12, 15)}[layout]
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    b = rng.integers(0, 256, shape, dtype=np.uint8)
+    for cut in [(0, 0, 15, 12), (3, 2, 9, 11), (5, 5, 5, 9), (14, 11, 15, 12)]:
+        sliced = F.cutmix_image(a, b, cut, layout)
+        where = F.cutmix_image(a, b, np.asarray(cut), layout)
+        np.testing.assert_array_equal(sliced, where)
+        assert sliced is not a
+    with pytest.raises(ValueError, match="layout must be 'HWC', 'HW' or 'CHW', got 'NCHW'"):
+        F.cutmix_image(a, b, (0, 0, 1, 1), "NCHW")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "uint8"])
+def test_torch_image_dtypes_are_kept(dtype):
+    import torch
+
+    a, b = to_torch(make_sample(6, 5, [[0, 0, 2, 2]], fill=200)), to_torch(make_sample(6, 5, fill=100))
+    a["image"], b["image"] = a["image"].to(getattr(torch, dtype)), b["image"].to(getattr(torch, dtype))
+    for out in (F.mixup(a, b, np.float32(0.25)), F.cutmix(a, b, (0, 0, 3, 3))):
+        assert out["image"].dtype == getattr(torch, dtype)
+    assert F.mixup(a, b, 0.25)["image"].float().mean().item() == pytest.approx(125.0, rel=1e-2)
