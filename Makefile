@@ -18,7 +18,7 @@ $(VENV)/.run-deps: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(PY)
-	$(PIP) install -e '.[torch,coco,test]'
+	$(PIP) install -e '.[torch,coco,albumentations,test]'
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps

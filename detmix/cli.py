@@ -27,6 +27,10 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the pair and parameter draws (default: 0)")
     p.add_argument("--tile-width", type=int, default=320, help="width of each tile in pixels (default: 320)")
     p.add_argument("--no-masks", action="store_true", help="mix boxes only, without instance masks")
+    p.add_argument("--adapter", choices=("core", "albumentations"), default="core",
+                   help="mix with the core functions or through an Albumentations pipeline (default: core)")
+    p.add_argument("--format", choices=("coco", "pascal_voc", "albumentations", "yolo"), default="coco",
+                   help="bbox format of the Albumentations pipeline, with --adapter albumentations (default: coco)")
     p.add_argument("--out", type=Path, default=Path("out/preview.png"), help="PNG to write (default: out/preview.png)")
     p.add_argument("--log", type=Path, help="also write the drawn parameters of every tile as JSON")
 
@@ -43,13 +47,18 @@ def _preview(args: argparse.Namespace) -> int:
         dataset = default_dataset()
         args.annotations, args.images = dataset.train_annotations, dataset.train_images
     source = CocoDetectionSource(args.annotations, args.images, masks=not args.no_masks)
-    grid, records = preview_dataset(source, args.recipe, num=args.num, cols=args.cols, seed=args.seed,
-                                    tile_width=args.tile_width, category_names=source.category_names)
+    if args.adapter == "albumentations":
+        from detmix.albumentations import preview_grid as render
+        options = {"bbox_format": args.format}
+    else:
+        render, options = preview_dataset, {}
+    grid, records = render(source, args.recipe, num=args.num, cols=args.cols, seed=args.seed,
+                           tile_width=args.tile_width, category_names=source.category_names, **options)
     path = save(grid, args.out)
     for k, r in enumerate(records):
         p = r["params"]
-        print(f"tile {k}: images {r['a']}+{r['b']} {p['mode']:<6} lam={p['lam']:.3f} "
-              f"kept={r['kept']} dropped={r['dropped']}")
+        dropped = f" dropped={r['dropped']}" if "dropped" in r else ""
+        print(f"tile {k}: images {r['a']}+{r['b']} {p['mode']:<6} lam={p['lam']:.3f} kept={r['kept']}{dropped}")
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         args.log.write_text(json.dumps(records, indent=1))
