@@ -27,6 +27,7 @@ import math
 import operator
 import os
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from PIL import Image
 
 from detmix.data import decode_rle
 
-__all__ = ["CocoDetectionSource"]
+__all__ = ["CocoDetectionSource", "annotations_to_target", "decode_masks"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,42 +200,79 @@ class CocoDetectionSource:
     def _boxes_of(self, image_id: int) -> dict[str, Any]:
         """The boxes and per-box values of one image (from the JSON only)."""
         info = self.coco.imgs[image_id]
-        height, width = float(info["height"]), float(info["width"])
-        keep, crowd = [], []
-        for ann in self.coco.imgToAnns.get(image_id, []):
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"annotation {ann.get('id')!r} must have bbox [x, y, w, h], got {bbox!r}")
-            x, y, w, h = (float(v) for v in bbox)
-            x1, x2 = np.clip([x, x + w], 0.0, width).tolist()
-            y1, y2 = np.clip([y, y + h], 0.0, height).tolist()
-            box = [x1, y1, x2, y2]
-            if ann.get("iscrowd", 0):
-                crowd.append((ann, box))
-            elif x2 - x1 < self.min_box_size or y2 - y1 < self.min_box_size:
-                self.skipped[image_id] = self.skipped.get(image_id, 0) + 1
-            else:
-                keep.append((ann, box))
-        return {
-            "anns": [ann for ann, _ in keep],
-            "boxes": np.array([box for _, box in keep], dtype=np.float32).reshape(-1, 4),
-            "labels": np.array([ann["category_id"] for ann, _ in keep], dtype=np.int64),
-            "ids": np.array([ann["id"] for ann, _ in keep], dtype=np.int64),
-            "area": np.array([ann.get("area", 0.0) for ann, _ in keep], dtype=np.float32),
-            "crowd_anns": [ann for ann, _ in crowd],
-            "crowd_boxes": np.array([box for _, box in crowd], dtype=np.float32).reshape(-1, 4),
-        }
+        target = annotations_to_target(
+            self.coco.imgToAnns.get(image_id, []), int(info["height"]), int(info["width"]),
+            min_box_size=self.min_box_size,
+        )
+        if target["skipped"]:
+            self.skipped[image_id] = target["skipped"]
+        return target
 
     def _masks(self, anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
-        # annToRLE + our decoder: pycocotools' own decode warns under numpy 2.
-        masks = np.zeros((len(anns), height, width), dtype=np.uint8)
-        for k, ann in enumerate(anns):
-            if "segmentation" not in ann:
-                raise ValueError(
-                    f"annotation {ann.get('id')!r} has no segmentation; pass masks=False to read boxes only"
-                )
-            masks[k] = decode_rle(self.coco.annToRLE(ann))
+        return decode_masks(anns, height, width)
+
+
+def annotations_to_target(
+    annotations: Sequence[Any], height: int, width: int, *, min_box_size: float = 1.0
+) -> dict[str, Any]:
+    """The COCO annotation dicts of one image as detmix arrays: boxes clipped to the image and
+    turned to xyxy, crowd annotations apart, boxes narrower or shorter than ``min_box_size`` left
+    out and counted. The one place these rules live (CocoDetectionSource and the datasets of
+    :mod:`detmix.datasets` both use it).
+
+    Returns a dict with ``boxes`` (N, 4) float32, ``labels``, ``ids`` (N,) int64, ``area`` (N,)
+    float32, ``anns`` (the kept annotation dicts), ``crowd_boxes`` (M, 4) float32, ``crowd_anns``
+    and ``skipped`` (how many were left out by ``min_box_size``).
+    """
+    keep, crowd, skipped = [], [], 0
+    for k, ann in enumerate(annotations):
+        bbox = ann.get("bbox") if isinstance(ann, Mapping) else None
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            name = ann.get("id", k) if isinstance(ann, Mapping) else k
+            raise ValueError(f"annotation {name!r} must be a COCO dict with bbox [x, y, w, h], got {ann!r:.80}")
+        x, y, w, h = (float(v) for v in bbox)
+        x1, x2 = np.clip([x, x + w], 0.0, float(width)).tolist()
+        y1, y2 = np.clip([y, y + h], 0.0, float(height)).tolist()
+        box = [x1, y1, x2, y2]
+        if ann.get("iscrowd", 0):
+            crowd.append((ann, box))
+        elif x2 - x1 < min_box_size or y2 - y1 < min_box_size:
+            skipped += 1
+        else:
+            keep.append((ann, box))
+    return {
+        "anns": [ann for ann, _ in keep],
+        "boxes": np.array([box for _, box in keep], dtype=np.float32).reshape(-1, 4),
+        "labels": np.array([ann["category_id"] for ann, _ in keep], dtype=np.int64),
+        "ids": np.array([ann.get("id", -1) for ann, _ in keep], dtype=np.int64),
+        "area": np.array([ann.get("area", 0.0) for ann, _ in keep], dtype=np.float32),
+        "crowd_anns": [ann for ann, _ in crowd],
+        "crowd_boxes": np.array([box for _, box in crowd], dtype=np.float32).reshape(-1, 4),
+        "skipped": skipped,
+    }
+
+
+def decode_masks(annotations: Sequence[Mapping[str, Any]], height: int, width: int) -> np.ndarray:
+    """Polygons / RLE of COCO annotations -> (N, H, W) uint8, read as pycocotools' ``annToRLE``
+    reads them (polygons merged, uncompressed RLE compressed) and decoded by
+    :func:`detmix.data.decode_rle` (pycocotools' own decode warns under numpy 2)."""
+    masks = np.zeros((len(annotations), height, width), dtype=np.uint8)
+    if not annotations:
         return masks
+    from pycocotools import mask as mask_utils
+
+    for k, ann in enumerate(annotations):
+        segmentation = ann.get("segmentation")
+        if segmentation is None:
+            raise ValueError(f"annotation {ann.get('id')!r} has no segmentation; pass masks=False to read boxes only")
+        if isinstance(segmentation, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = segmentation
+        masks[k] = decode_rle(rle)
+    return masks
 
 
 def _as_id_tuple(image_ids: Any) -> tuple[int, ...]:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from detmix.albumentations import METADATA_KEY
-from detmix.data import decode_rle
+from detmix.coco import annotations_to_target, decode_masks
 
 __all__ = [
     "BboxFormat",
@@ -108,54 +108,23 @@ def _numpy(value: Any) -> np.ndarray:
 
 
 def _coco_sample(image: np.ndarray, annotations: Sequence[Any], masks: bool, min_box_size: float) -> dict[str, Any]:
-    """A detmix sample from COCO annotation dicts (the target of torchvision's CocoDetection):
-    boxes clipped to the image, crowd annotations apart, boxes under ``min_box_size`` left out."""
+    """A detmix sample from COCO annotation dicts (the target of torchvision's CocoDetection),
+    by the rules of :func:`detmix.coco.annotations_to_target`."""
     height, width = image.shape[:2]
-    keep, crowd = [], []
-    for k, ann in enumerate(annotations):
-        if not isinstance(ann, Mapping) or not isinstance(ann.get("bbox"), (list, tuple)) or len(ann["bbox"]) != 4:
-            raise ValueError(f"annotation {k} must be a COCO dict with bbox [x, y, w, h], got {ann!r:.80}")
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        box = [min(max(x, 0.0), width), min(max(y, 0.0), height),
-               min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)]
-        if ann.get("iscrowd", 0):
-            crowd.append((ann, box))
-        elif box[2] - box[0] >= min_box_size and box[3] - box[1] >= min_box_size:
-            keep.append((ann, box))
+    target = annotations_to_target(annotations, height, width, min_box_size=min_box_size)
     sample: dict[str, Any] = {
         "image": image,
-        "boxes": np.array([box for _, box in keep], np.float32).reshape(-1, 4),
-        "labels": np.array([ann["category_id"] for ann, _ in keep], np.int64),
-        "crowd_boxes": np.array([box for _, box in crowd], np.float32).reshape(-1, 4),
+        "boxes": target["boxes"],
+        "labels": target["labels"],
+        "crowd_boxes": target["crowd_boxes"],
     }
     if masks:
-        sample["masks"] = _decode_masks([ann for ann, _ in keep], height, width)
-        crowd_masks = _decode_masks([ann for ann, _ in crowd], height, width)
+        sample["masks"] = decode_masks(target["anns"], height, width)
+        crowd_masks = decode_masks(target["crowd_anns"], height, width)
         sample["crowd_mask"] = crowd_masks.max(axis=0) if len(crowd_masks) else np.zeros((height, width), np.uint8)
     if annotations and isinstance(annotations[0], Mapping) and "image_id" in annotations[0]:
         sample["image_id"] = int(annotations[0]["image_id"])
     return sample
-
-
-def _decode_masks(annotations: Sequence[Mapping[str, Any]], height: int, width: int) -> np.ndarray:
-    """Polygons / RLE -> (N, H, W) uint8, the way pycocotools' ``annToRLE`` reads them."""
-    out = np.zeros((len(annotations), height, width), np.uint8)
-    if not annotations:
-        return out
-    from pycocotools import mask as mask_utils
-
-    for k, ann in enumerate(annotations):
-        segmentation = ann.get("segmentation")
-        if segmentation is None:
-            raise ValueError(f"annotation {ann.get('id')!r} has no segmentation; pass masks=False to read boxes only")
-        if isinstance(segmentation, list):  # polygons
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = segmentation
-        out[k] = decode_rle(rle)
-    return out
 
 
 def to_albumentations_item(
