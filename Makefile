@@ -1,31 +1,54 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    the main job: a preview of mixed samples from the embedded dataset
-#   make test   the test suite
-# Each creates .venv (Python 3.11) and installs what it needs into it.
+#   make run    the main job: the REST service on the embedded dataset (prints the URL)
+#   make test   the test suite: pytest (with a real uvicorn server and headless Chromium), then the
+#               Docker image built and driven over 127.0.0.1 (docker/test_image.sh)
+# Each creates .venv (Python 3.11) and installs what it needs into it; `make test` also installs
+# Debian's chromium and a Docker engine (../shared/docker/ensure-engine.sh) when they are missing.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+CHROMIUM ?= /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
 
-.PHONY: run test preview venv clean
+.PHONY: run test test-py docker-test preview docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -U pip
 
 $(VENV)/.run-deps: pyproject.toml | $(PY)
-	$(PIP) install -e '.[coco]'
+	$(PIP) install -e '.[coco,service]'
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(PY)
-	$(PIP) install -e '.[torch,coco,albumentations,test]'
+	$(PIP) install -e '.[torch,coco,albumentations,service,test]'
 	touch $@ $(VENV)/.run-deps
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 run: $(VENV)/.run-deps
+	@echo "detmix service on the embedded dataset: http://$(HOST):$(PORT)/ (playground), http://$(HOST):$(PORT)/docs (API)"
+	$(PY) -m detmix serve --host $(HOST) --port $(PORT)
+
+preview: $(VENV)/.run-deps
 	$(PY) -m detmix preview --recipe deit --num 8 --seed 0 --out out/preview.png
 
-test: $(VENV)/.test-deps
+test: test-py docker-test
+
+test-py: $(VENV)/.test-deps | $(CHROMIUM)
 	$(PY) -m pytest
+
+docker-test:
+	docker/test_image.sh
+
+docs: $(VENV)/.test-deps
+	$(PY) docs/make_figures.py
+	$(PY) docs/make_albumentations_figure.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

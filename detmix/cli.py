@@ -1,6 +1,7 @@
 """The ``detmix`` command.
 
     detmix preview [--annotations A.json --images DIR] [--recipe deit] [--num 8] [--seed 0] [--out F.png]
+    detmix serve [--host H --port P --workers N --settings F]   the REST service (detmix[service])
     detmix data [--out DIR]          write the embedded synthetic COCO dataset
     detmix recipes                   list the named recipes
 """
@@ -91,10 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, help="folder to write (default: the cache the other commands use)")
     d.add_argument("--seed", type=int, default=0)
     sub.add_parser("recipes", help="list the named recipes")
+    sub.add_parser("serve", add_help=False,
+                   help="start the REST service on the embedded dataset (see: detmix serve --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # the service parses its own options
+        try:
+            from detmix_service import main as serve
+        except ImportError as exc:
+            print(f'detmix serve: the service is not installed ({exc}); pip install "detmix[service]"', file=sys.stderr)
+            return 2
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     handler = {"preview": _preview, "data": _data, "recipes": _recipes}[args.command]
     try:

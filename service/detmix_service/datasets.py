@@ -1,0 +1,209 @@
+"""The COCO datasets a server mixes batches from, loaded once at startup.
+
+Each dataset is read by :class:`detmix.coco.CocoDetectionSource` (its image decoding, size check
+and path guard), and its records go through the same validation as a client's batch. What does
+not pass is left out and counted, never served and never silently: the log names it and
+``GET /v1/datasets`` reports the counts. Left out are images whose ``file_name`` leads outside
+the image folder (``..``, an absolute path, a symlink out), is missing or is larger than the
+pixel limit, and annotations that are invalid.
+
+Only image ids from a dataset's index are ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from detmix.coco import CocoDetectionSource
+from detmix.data import default_dataset
+from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation
+from detmix_service.errors import DatasetUnreadable, InvalidInput
+from detmix_service.jobs import Answer, JobContext, encode_answer, resolve_recipe, run_plan, source_images
+from detmix_service.mixing import mix_batch
+from detmix_service.schemas import DatasetBatchRequest, DatasetInfo
+from detmix_service.settings import SYNTHETIC, Settings
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Dataset", "DatasetError", "load_dataset", "load_datasets", "run_dataset_batch"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+
+
+class DatasetError(RuntimeError):
+    """A configured dataset cannot be loaded at all (the server does not start)."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: CocoDetectionSource
+    masks: bool
+    images: dict[int, CocoImage] = field(default_factory=dict)  # served images, by id
+    annotations: dict[int, tuple[CocoAnnotation, ...]] = field(default_factory=dict)
+    categories: tuple[CocoCategory, ...] = ()
+    excluded_images: int = 0
+    excluded_annotations: int = 0
+    index: dict[int, int] = field(default_factory=dict)  # image id -> index in the source
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(
+            name=self.name,
+            images=len(self.images),
+            annotations=sum(len(a) for a in self.annotations.values()),
+            categories=list(self.categories),
+            masks=self.masks,
+            excluded_images=self.excluded_images,
+            excluded_annotations=self.excluded_annotations,
+        )
+
+    def read(self, image_id: int) -> np.ndarray:
+        """The ``(H, W, 3)`` uint8 pixels of a served image."""
+        record = self.images[image_id]
+        try:
+            return self.source[self.index[image_id]]["image"]
+        except (OSError, ValueError) as error:
+            logger.error("dataset %s: image %d (%s) cannot be read: %s", self.name, image_id, record.file_name, error)
+            raise DatasetUnreadable(f"dataset {self.name!r}: image {image_id} cannot be read on the server") from None
+
+
+def _warn(dataset: str, what: str, items: list[str]) -> None:
+    if items:
+        shown = "; ".join(items[:5]) + (f"; and {len(items) - 5} more" if len(items) > 5 else "")
+        logger.warning("dataset %s: left out %d %s: %s", dataset, len(items), what, shown)
+
+
+def load_dataset(name: str, annotations: Path, images: Path, *, masks: bool, limits: Limits) -> Dataset:
+    """Read and check one COCO dataset (see the module docstring)."""
+    try:
+        source = CocoDetectionSource(annotations, images, masks=False, min_box_size=0.0)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise DatasetError(f"dataset {name!r} ({annotations}) cannot be loaded: {error}") from error
+    dataset = Dataset(name, source, masks, index={i: k for k, i in enumerate(source.image_ids)})
+    raw: dict[str, Any] = source.coco.dataset
+    try:
+        dataset.categories = tuple(CocoCategory.model_validate(c) for c in raw.get("categories", []))
+    except ValidationError as error:
+        raise DatasetError(f"dataset {name!r}: invalid categories: {error}") from error
+    category_ids = {c.id for c in dataset.categories}
+
+    bad_images: list[str] = []
+    for image_id in source.image_ids:
+        info = source.coco.imgs[image_id]
+        try:
+            record = CocoImage.model_validate(info)
+            path = source._image_path(record.file_name)  # the core's guard: refuses ../, absolute, symlink out
+        except (ValidationError, ValueError) as error:
+            bad_images.append(f"image {image_id}: {str(error).splitlines()[0]}")
+            continue
+        if not path.is_file():
+            bad_images.append(f"image {image_id}: {record.file_name!r} is not a file")
+        elif record.width * record.height > limits.max_image_pixels:
+            bad_images.append(f"image {image_id}: {record.width}x{record.height} is over max_image_pixels")
+        else:
+            dataset.images[image_id] = record
+
+    bad_annotations: list[str] = []
+    for image_id, record in dataset.images.items():
+        kept = []
+        for ann in source.coco.imgToAnns.get(image_id, []):
+            try:
+                annotation = CocoAnnotation.model_validate(ann)
+            except ValidationError as error:
+                first = error.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                bad_annotations.append(f"annotation {ann.get('id')!r}: {where}: {first['msg']}")
+                continue
+            problems = check_annotation(annotation, record, [])
+            if annotation.category_id not in category_ids:
+                problems.append({"msg": f"annotation {annotation.id}: unknown category_id {annotation.category_id}"})
+            if problems:
+                bad_annotations.append(problems[0]["msg"])
+            else:
+                kept.append(annotation)
+        dataset.annotations[image_id] = tuple(kept)
+    dataset.excluded_images, dataset.excluded_annotations = len(bad_images), len(bad_annotations)
+    _warn(name, "images", bad_images)
+    _warn(name, "annotations", bad_annotations)
+    logger.info("dataset %s: %d images, %d annotations from %s", name, len(dataset.images),
+                sum(len(a) for a in dataset.annotations.values()), annotations)
+    return dataset
+
+
+def load_datasets(settings: Settings, limits: Limits) -> dict[str, Dataset]:
+    """The embedded synthetic dataset (as ``synthetic``) and every dataset of the settings."""
+    synthetic = default_dataset(settings.data_dir)
+    datasets = {SYNTHETIC: load_dataset(SYNTHETIC, synthetic.train_annotations, synthetic.train_images,
+                                        masks=True, limits=limits)}
+    for name, config in settings.datasets.items():
+        if name == SYNTHETIC:
+            raise DatasetError(f"dataset name {SYNTHETIC!r} is taken by the embedded dataset; choose another")
+        datasets[name] = load_dataset(name, config.annotations, config.images, masks=config.masks, limits=limits)
+    return datasets
+
+
+def _choose(dataset: Dataset, request: DatasetBatchRequest, limits: Limits, rng: np.random.Generator) -> list[int]:
+    if request.image_ids is not None:
+        if request.batch_size is not None and request.batch_size != len(request.image_ids):
+            raise InvalidInput(
+                f"batch_size {request.batch_size} disagrees with the {len(request.image_ids)} image_ids; give one of them",
+                ["body", "batch_size"],
+            )
+        seen: set[int] = set()
+        for k, image_id in enumerate(request.image_ids):
+            if image_id not in dataset.images:
+                raise InvalidInput(f"image {image_id} is not served by dataset {dataset.name!r}", ["body", "image_ids", k])
+            if image_id in seen:
+                raise InvalidInput(f"image {image_id} is named twice", ["body", "image_ids", k])
+            seen.add(image_id)
+        ids, where = list(request.image_ids), "image_ids"
+    else:
+        size = DEFAULT_BATCH_SIZE if request.batch_size is None else request.batch_size
+        if size > len(dataset.images):
+            raise InvalidInput(
+                f"batch_size {size} is more than the {len(dataset.images)} images of dataset {dataset.name!r}",
+                ["body", "batch_size"],
+            )
+        served = sorted(dataset.images)
+        ids, where = [served[int(k)] for k in rng.choice(len(served), size=size, replace=False)], "batch_size"
+    if len(ids) > limits.max_batch_images:
+        raise InvalidInput(f"a batch holds at most {limits.max_batch_images} images, got {len(ids)}", ["body", where],
+                           type="limit")
+    pixels = sum(dataset.images[i].width * dataset.images[i].height for i in ids)
+    if pixels > limits.max_batch_pixels:
+        raise InvalidInput(
+            f"the chosen images have {pixels} pixels in all, more than the limit of {limits.max_batch_pixels}",
+            ["body", where],
+            type="limit",
+        )
+    return ids
+
+
+def run_dataset_batch(dataset: Dataset, request: DatasetBatchRequest, ctx: JobContext) -> Answer:
+    """``POST /v1/datasets/{name}/batch``: images drawn with ``default_rng(seed)`` (or named),
+    then paired and mixed with the same generator (see :mod:`detmix_service.mixing`)."""
+    recipe = resolve_recipe(request.recipe, ctx.recipes, ["body", "recipe"])
+    seed = secrets.randbits(63) if request.seed is None else request.seed
+    rng = np.random.default_rng(seed)
+    ids = _choose(dataset, request, ctx.limits, rng)
+    records = [dataset.images[i] for i in ids]
+    annotations = [ann for i in ids for ann in dataset.annotations[i]]
+    if dataset.masks:
+        budget = sum(dataset.images[a.image_id].width * dataset.images[a.image_id].height for a in annotations)
+        if budget > ctx.limits.max_mask_pixels:
+            raise InvalidInput(f"the chosen images' masks would take {budget} pixels, more than the limit of "
+                               f"{ctx.limits.max_mask_pixels}", ["body"], type="limit")
+    pixels = []
+    for image_id in ids:
+        ctx.checkpoint()
+        pixels.append(dataset.read(image_id))
+    images = source_images(records, pixels, annotations, masks=dataset.masks)
+    plan = run_plan(images, recipe, seed, request.params, ["body"], rng=None if request.params else rng)
+    return encode_answer(mix_batch(images, dataset.categories, recipe, plan, request.output, ctx.checkpoint))

@@ -1,0 +1,249 @@
+"""The batch engine: pair the images of a batch, mix every pair with detmix, answer in COCO.
+
+How pairs are formed (the same rule as :class:`detmix.torch.BatchMix`): with
+``rng = numpy.random.default_rng(seed)``, ``order = rng.permutation(B)`` and image ``order[k]``
+takes image ``order[k + 1 mod B]`` as its partner, so for ``B >= 2`` no image is paired with
+itself and every image is the partner of exactly one other. Output ``i`` keeps image ``i``'s
+canvas (``recipe.align``: ``pad`` puts both on the larger canvas, ``resize`` brings the partner to
+image ``i``'s size) and its parameters are then drawn from the same generator, image by image in
+batch order, by :func:`detmix.sampling.sample_params`. A batch of one image is not mixed (mode
+``none``). Everything after the draw is :func:`detmix.apply_params`: the answer for a pair equals
+the core's for the same parameters, which the answer carries so that the call can be replayed.
+
+This module is plain synchronous code; the app runs it in a worker thread and passes a
+``checkpoint`` that raises when the request's deadline passed or its client left.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from detmix import apply_params
+from detmix.align import align_pair
+from detmix.functional import DropReason, check_cut_box
+from detmix.recipes import Recipe
+from detmix.sampling import MixParams, sample_params
+from detmix_service.cocoio import (
+    CocoAnnotation,
+    CocoCategory,
+    CocoImage,
+    clip_box,
+    encode_image,
+    encode_masks,
+    instance_masks,
+)
+from detmix_service.errors import InvalidInput
+from detmix_service.schemas import ImageParams, OutputOptions
+
+__all__ = ["Plan", "SourceImage", "draw_plan", "mix_batch", "replay_plan"]
+
+#: Per-box keys that ride along with the boxes through the kernels.
+BOX_KEYS = ("ann_id", "iscrowd")
+_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A decoded input image with its validated annotations."""
+
+    record: CocoImage
+    pixels: np.ndarray  # (H, W, 3) uint8
+    annotations: tuple[CocoAnnotation, ...]
+    masks: bool  # mix instance masks (every annotation of the batch has a segmentation)
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    @cached_property
+    def sample(self) -> dict[str, Any]:
+        """The detmix sample: xyxy boxes (clipped to the image), category ids as labels, masks."""
+        height, width = self.canvas
+        anns = self.annotations
+        sample: dict[str, Any] = {
+            "image": self.pixels,
+            "boxes": np.array([clip_box(a.bbox, width, height) for a in anns], dtype=np.float64).reshape(-1, 4),
+            "labels": np.array([a.category_id for a in anns], dtype=np.int64),
+            "ann_id": np.array([a.id for a in anns], dtype=np.int64),
+            "iscrowd": np.array([a.iscrowd for a in anns], dtype=np.int64),
+        }
+        if self.masks:
+            sample["masks"] = instance_masks(anns, height, width)
+        return sample
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Who is mixed with whom and how: ``partner[i]`` is an index into the batch."""
+
+    partner: tuple[int, ...]
+    params: tuple[MixParams, ...]
+    seed: int | None
+
+
+def aligned_canvas(a: SourceImage, b: SourceImage, align: str) -> tuple[int, int]:
+    """The canvas of output ``a`` when ``b`` is mixed into it (see :func:`detmix.align_pair`)."""
+    (ha, wa), (hb, wb) = a.canvas, b.canvas
+    return (ha, wa) if align == "resize" else (max(ha, hb), max(wa, wb))
+
+
+def draw_plan(images: Sequence[SourceImage], recipe: Recipe, rng: np.random.Generator, seed: int | None) -> Plan:
+    """Pairs and parameters drawn from ``rng`` (see the module docstring for the order)."""
+    size = len(images)
+    if size == 1:
+        return Plan((0,), (MixParams("none", 1.0, None, images[0].canvas),), seed)
+    order = rng.permutation(size)
+    partner = np.empty(size, dtype=np.int64)
+    partner[order] = np.roll(order, -1)
+    params = tuple(
+        sample_params(rng, recipe, *aligned_canvas(images[i], images[int(partner[i])], recipe.align))
+        for i in range(size)
+    )
+    return Plan(tuple(int(p) for p in partner), params, seed)
+
+
+def replay_plan(
+    images: Sequence[SourceImage], recipe: Recipe, given: Sequence[ImageParams], prefix: Sequence[str | int]
+) -> Plan:
+    """The plan of an earlier answer, checked against this batch and recipe."""
+    index = {image.id: i for i, image in enumerate(images)}
+    loc = [*prefix, "params"]
+    if len(given) != len(images):
+        raise InvalidInput(f"params must hold one entry per image ({len(images)}), got {len(given)}", loc)
+    partner = [0] * len(images)
+    params: list[MixParams | None] = [None] * len(images)
+    for k, item in enumerate(given):
+        here = [*loc, k]
+        i = index.get(item.image_id)
+        if i is None or params[i] is not None:
+            why = "is not the id of an image of the batch" if i is None else "appears twice"
+            raise InvalidInput(f"params[{k}]: image_id {item.image_id} {why}", [*here, "image_id"])
+        j = index.get(item.partner_id)
+        if j is None:
+            raise InvalidInput(
+                f"params[{k}]: partner_id {item.partner_id} is not the id of an image of the batch", [*here, "partner_id"]
+            )
+        params[i] = _replayed_params(item, images[i], images[j], recipe, here)
+        partner[i] = j
+    return Plan(tuple(partner), tuple(params), None)
+
+
+def _replayed_params(item: ImageParams, a: SourceImage, b: SourceImage, recipe: Recipe, loc: list) -> MixParams:
+    p = item.params
+    canvas = aligned_canvas(a, b, recipe.align)
+    if p.canvas is not None and tuple(p.canvas) != canvas:
+        raise InvalidInput(
+            f"image {a.id}: params.canvas {p.canvas} must be [height, width] = {list(canvas)}, the canvas of image "
+            f"{a.id} with partner {b.id} under align={recipe.align!r}",
+            [*loc, "params", "canvas"],
+        )
+    if p.mode != "none" and getattr(recipe, p.mode) is None:
+        raise InvalidInput(
+            f"image {a.id}: params.mode {p.mode!r} needs a {p.mode!r} section in recipe {recipe.name!r}",
+            [*loc, "params", "mode"],
+        )
+    if (p.mode == "cutmix") != (p.cut_box is not None):
+        raise InvalidInput(
+            f"image {a.id}: params.cut_box must be given for mode 'cutmix' and only then, got mode {p.mode!r}",
+            [*loc, "params", "cut_box"],
+        )
+    lam = p.lam
+    if p.mode == "cutmix":
+        try:
+            x1, y1, x2, y2 = check_cut_box(p.cut_box, *canvas)
+        except ValueError as error:
+            raise InvalidInput(f"image {a.id}: params.{error}", [*loc, "params", "cut_box"]) from None
+        lam = 1.0 - (x2 - x1) * (y2 - y1) / (canvas[0] * canvas[1])
+        if abs(lam - p.lam) > 1e-9:
+            raise InvalidInput(
+                f"image {a.id}: params.lam must be 1 - area(cut_box) / (height * width) = {lam!r} for this cut_box, "
+                f"got {p.lam!r}",
+                [*loc, "params", "lam"],
+            )
+    if p.mode == "none" and lam != 1.0:
+        raise InvalidInput(f"image {a.id}: params.lam must be 1 for mode 'none', got {lam!r}", [*loc, "params", "lam"])
+    return MixParams(p.mode, lam, None if p.cut_box is None else tuple(p.cut_box), canvas)
+
+
+def mix_batch(
+    images: Sequence[SourceImage],
+    categories: Sequence[CocoCategory],
+    recipe: Recipe,
+    plan: Plan,
+    output: OutputOptions,
+    checkpoint: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Mix every image with its partner and return the answer (a :class:`MixResponse` as plain
+    JSON-ready data)."""
+    out_images: list[dict[str, Any]] = []
+    out_annotations: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
+    for i, image in enumerate(images):
+        checkpoint()
+        partner = images[plan.partner[i]]
+        params = plan.params[i]
+        a, b = align_pair(image.sample, partner.sample, recipe.align)
+        out = apply_params(a, b, params, recipe, box_keys=BOX_KEYS)
+        pixels = out["image"]
+        height, width = pixels.shape[:2]
+        sources = (image, partner)
+        segmentations = encode_masks(out["masks"]) if image.masks else None
+        for k in range(len(out["boxes"])):
+            x1, y1, x2, y2 = (float(v) for v in out["boxes"][k])
+            source = int(out["source"][k])
+            annotation = {
+                "id": len(out_annotations) + 1,
+                "image_id": image.id,
+                "category_id": int(out["labels"][k]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": float(out["masks"][k].sum()) if image.masks else (x2 - x1) * (y2 - y1),
+                "iscrowd": int(out["iscrowd"][k]),
+                "mix_weight": float(out["weights"][k]),
+                "source_image_id": sources[source].id,
+                "source_annotation_id": int(out["ann_id"][k]),
+            }
+            if segmentations is not None:
+                annotation["segmentation"] = segmentations[k]
+            out_annotations.append(annotation)
+        lost = out["dropped"]
+        rows = zip(lost["source"], lost["index"], lost["visibility"], lost["reason"], strict=True)
+        for source, row, visibility, reason in rows:
+            if params.mode == "none" and source == 1:
+                continue  # nothing of the partner was in play
+            origin = sources[int(source)]
+            dropped.append({
+                "image_id": image.id,
+                "source_image_id": origin.id,
+                "source_annotation_id": int(origin.sample["ann_id"][row]),
+                "category_id": int(origin.sample["labels"][row]),
+                "visibility": float(visibility),
+                "reason": DropReason(int(reason)).name.lower(),
+            })
+        data = encode_image(pixels, output.format, output.quality)
+        out_images.append({
+            "id": image.id,
+            "width": int(width),
+            "height": int(height),
+            "file_name": f"mixed-{image.id}.{_EXTENSIONS[output.format]}",
+            "format": output.format,
+            "data": base64.b64encode(data).decode("ascii"),
+            "mix": {"image_id": image.id, "partner_id": partner.id, "params": params.to_dict()},
+        })
+    return {
+        "images": out_images,
+        "annotations": out_annotations,
+        "categories": [c.model_dump() for c in categories],
+        "dropped": dropped,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": plan.seed,
+    }

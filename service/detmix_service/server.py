@@ -1,0 +1,116 @@
+"""``python -m detmix_service`` / ``detmix serve``: run the service under uvicorn.
+
+    python -m detmix_service [--host 127.0.0.1] [--port 8000] [--workers N] [--settings FILE]
+
+Flags override the settings (``DETMIX_HOST``, ``DETMIX_PORT``, ``DETMIX_WORKERS``, the file).
+Shutdown on SIGTERM or SIGINT: ``/readyz`` answers 503 at once, the server keeps serving for
+``drain_s`` seconds (so a load balancer can notice), then stops accepting connections, lets the
+requests in flight finish (``graceful_timeout_s`` at most) and exits 0. A second signal stops at
+once. With ``--workers`` above 1 uvicorn's process manager runs the workers: each still finishes
+its requests in flight, but readiness turns off only when a worker's app shuts down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from PIL import Image
+
+from detmix_service.settings import load_settings
+
+__all__ = ["DrainingServer", "build_parser", "main"]
+
+logger = logging.getLogger("detmix_service")
+APP_FACTORY = "detmix_service.app:create_app"
+STARTUP_FAILURE = 3
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that, on the first signal, turns readiness off and keeps serving for
+    ``drain_s`` before it starts uvicorn's graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self.drain_s <= 0:
+            self._mark_draining()
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._mark_draining()
+        logger.info("signal %s: draining for %g s before shutting down", signal.Signals(sig).name, self.drain_s)
+        timer = threading.Timer(self.drain_s, super().handle_exit, args=(sig, frame))
+        timer.daemon = True
+        timer.start()
+
+    def _mark_draining(self) -> None:
+        lifespan = getattr(self, "lifespan", None)
+        lifecycle = getattr(lifespan, "state", {}).get("lifecycle")
+        if lifecycle is not None:
+            lifecycle.start_draining()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detmix serve", description="Run the detmix REST service (uvicorn).")
+    parser.add_argument("--host", help="interface to listen on (default: settings, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: settings, 8000; 0 picks a free one)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: settings, 1)")
+    parser.add_argument("--settings", type=Path, help="YAML/JSON settings file; DETMIX_* variables override it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until a signal; returns the exit status (0 after a graceful shutdown)."""
+    args = build_parser().parse_args(argv)
+    if args.settings is not None:
+        # Worker processes build their app from the environment: hand them the file.
+        os.environ["DETMIX_SETTINGS_FILE"] = str(args.settings.resolve())
+    try:
+        settings = load_settings()
+    except ValueError as error:
+        print(f"detmix serve: error: {error}", file=sys.stderr)
+        return 2
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    config = uvicorn.Config(
+        APP_FACTORY,
+        factory=True,
+        host=args.host or settings.host,
+        port=settings.port if args.port is None else args.port,
+        workers=args.workers or settings.workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+        lifespan="on",
+    )
+    if config.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    server = DrainingServer(config, settings.drain_s)
+    # uvicorn re-raises the signal it shut down for once it is done, under the handlers that were
+    # there before it: let that be a normal exit.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_after_shutdown)
+    try:
+        server.run()
+    except SystemExit as done:
+        if done.code != 0:
+            raise
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def _exit_after_shutdown(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
