@@ -18,7 +18,8 @@
 #   bad-coco    an annotation with a negative width -> 422 naming the annotation's field
 #   metrics     /metrics counts the mixed images and both rejections by reason
 #   shutdown    docker stop (SIGTERM) -> exit code 0 and uvicorn's graceful shutdown lines
-# The last line is `docker: N passed, M failed`; the exit status is non-zero on any failure.
+# The last line is `docker: N passed, M failed` (the time taken on the line before); the exit
+# status is non-zero on any failure.
 # The container, and the scratch folder, go away on every exit (trap); the image stays
 # (tag: $DETMIX_IMAGE, default detmix-service:test) so that a second run reuses its layers.
 #
@@ -56,7 +57,8 @@ log() { printf '%s\n' "docker: $*" >&2; }
 ok() { passed=$((passed + 1)); printf 'ok    %-10s %s\n' "$1" "${2:-}"; }
 bad() { failed=$((failed + 1)); printf 'FAIL  %-10s %s\n' "$1" "${2:-}"; }
 finish() {
-  printf 'docker: %d passed, %d failed (%ds)\n' "$passed" "$failed" "$((SECONDS - started))"
+  printf 'docker: image test took %ds\n' "$((SECONDS - started))"
+  printf 'docker: %d passed, %d failed\n' "$passed" "$failed"
   if [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]; then exit 0; else exit 1; fi
 }
 # HTTP: `http METHOD PATH [curl args...]` -> status code on stdout, body in $work/body.
