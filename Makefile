@@ -13,7 +13,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test test-py docker-test preview docs clean
+.PHONY: run test test-py docker-test preview train docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.run-deps: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(PY)
-	$(PIP) install -e '.[torch,coco,albumentations,service,test]'
+	$(PIP) install -e '.[torch,coco,albumentations,service,train,test]'
 	touch $@ $(VENV)/.run-deps
 
 $(CHROMIUM):
@@ -45,6 +45,13 @@ test-py: $(VENV)/.test-deps | $(CHROMIUM)
 
 docker-test:
 	docker/test_image.sh
+
+$(VENV)/.train-deps: pyproject.toml | $(PY)
+	$(PIP) install -e '.[train]'
+	touch $@
+
+train: $(VENV)/.train-deps
+	$(PY) -m detmix train --config configs/train/synthetic-cpu.yaml --output-dir out/train
 
 docs: $(VENV)/.test-deps
 	$(PY) docs/make_figures.py

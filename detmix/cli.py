@@ -4,6 +4,7 @@
     detmix serve [--host H --port P --workers N --settings F]   the REST service (detmix[service])
     detmix data [--out DIR]          write the embedded synthetic COCO dataset
     detmix recipes                   list the named recipes
+    detmix train [--config configs/train/X.yaml] [options]     train a detector (see detmix train --help)
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the named recipes")
     sub.add_parser("serve", add_help=False,
                    help="start the REST service on the embedded dataset (see: detmix serve --help)")
+    sub.add_parser("train", add_help=False,
+                   help="train a torchvision detector with mixing on the device (see: detmix train --help)")
     return parser
 
 
@@ -106,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'detmix serve: the service is not installed ({exc}); pip install "detmix[service]"', file=sys.stderr)
             return 2
         return serve(argv[1:])
+    if argv[:1] == ["train"]:  # the training script parses its own options and config files
+        from detmix.train import cli as train
+
+        return train(argv[1:], prog="detmix train")
     args = build_parser().parse_args(argv)
     handler = {"preview": _preview, "data": _data, "recipes": _recipes}[args.command]
     try:
