@@ -13,7 +13,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test test-py docker-test preview train docs clean
+.PHONY: run test test-py docker-test preview train bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ $(VENV)/.run-deps: pyproject.toml | $(PY)
 	$(PIP) install -e '.[coco,service]'
 	touch $@
 
+# Ultralytics (a peer the benchmarks and their tests compare against) goes in without its
+# dependencies: they pull opencv-python, which would replace the cv2 of albumentations'
+# opencv-python-headless; its mixing transforms need nothing that is not already installed.
 $(VENV)/.test-deps: pyproject.toml | $(PY)
-	$(PIP) install -e '.[torch,coco,albumentations,service,train,test]'
+	$(PIP) install -e '.[torch,coco,albumentations,service,train,test,bench]'
+	$(PIP) install --no-deps ultralytics==8.4.190
 	touch $@ $(VENV)/.run-deps
 
 $(CHROMIUM):
@@ -40,6 +44,8 @@ preview: $(VENV)/.run-deps
 
 test: test-py docker-test
 
+test-py: export YOLO_CONFIG_DIR := $(abspath $(VENV))/ultralytics-config
+test-py: export YOLO_OFFLINE := 1
 test-py: $(VENV)/.test-deps | $(CHROMIUM)
 	$(PY) -m pytest
 
@@ -52,6 +58,19 @@ $(VENV)/.train-deps: pyproject.toml | $(PY)
 
 train: $(VENV)/.train-deps
 	$(PY) -m detmix train --config configs/train/synthetic-cpu.yaml --output-dir out/train
+
+# Every benchmark under bench/, then docs/benchmarks.md regenerated from their JSON figures.
+bench: export YOLO_CONFIG_DIR := $(abspath $(VENV))/ultralytics-config
+bench: export YOLO_OFFLINE := 1
+bench: $(VENV)/.test-deps
+	$(PY) bench/bench_core.py
+	$(PY) bench/bench_batch.py --device cpu
+	if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then $(PY) bench/bench_batch.py --device cuda; fi
+	$(PY) bench/bench_per_sample.py
+	$(PY) bench/fidelity.py
+	$(PY) bench/bench_service.py
+	$(PY) bench/training_effect.py
+	$(PY) bench/report.py
 
 docs: $(VENV)/.test-deps
 	$(PY) docs/make_figures.py
