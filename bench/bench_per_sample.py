@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from _env import cpu_name, package_versions  # noqa: E402
+
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics reach the network
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # nor albumentations look for updates
 
@@ -218,27 +221,12 @@ def run(photos: Sequence[dict[str, Any]], repeats: int, warmup: int, seed: int, 
 
 
 def _versions() -> dict[str, Any]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("detmix", "numpy", "albumentations", "ultralytics", "opencv-python-headless", "opencv-python"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(("detmix", "numpy", "albumentations", "ultralytics", "opencv-python-headless",
+                             "opencv-python"))
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}"}
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}"}
     try:
         import cv2
 

@@ -45,6 +45,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from _env import cpu_name, package_versions  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"
 DEFAULT_OUT = REPO / "bench" / "results" / "service-cpu.json"
@@ -274,14 +277,7 @@ async def run_level(url: str, body: bytes, content_type: str, concurrency: int, 
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = None
     try:
         mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
@@ -292,15 +288,9 @@ def machine() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("detmix", "numpy", "pillow", "pycocotools", "fastapi", "starlette", "uvicorn", "uvloop",
-                 "httptools", "pydantic", "python-multipart", "httpx"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
+    out = package_versions(("detmix", "numpy", "pillow", "pycocotools", "fastapi", "starlette", "uvicorn",
+                            "uvloop", "httptools", "pydantic", "python-multipart", "httpx"), missing="absent")
+    del out["python"]
     try:
         out["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True, timeout=5).stdout.strip() + (

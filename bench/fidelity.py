@@ -112,6 +112,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from _env import cpu_name, package_versions  # noqa: E402
+
 os.environ.setdefault("YOLO_OFFLINE", "1")  # never let ultralytics reach the network
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # nor albumentations look for updates
 
@@ -670,28 +673,12 @@ def _available(module: str) -> str | None:
 
 
 def _versions() -> dict[str, Any]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("detmix", "numpy", "albumentations", "ultralytics", "opencv-python-headless", "opencv-python",
-                 "pycocotools", "torch"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(("detmix", "numpy", "albumentations", "ultralytics", "opencv-python-headless",
+                             "opencv-python", "pycocotools", "torch"))
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}"}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "system": f"{platform.system()} {platform.release()}"}
 
 
 def run(folders: Sequence[tuple[Path, Path]], pairs: int, seed: int, size: int = 640, min_pixels: int = 16,

@@ -37,7 +37,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -45,6 +44,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
+from _env import cpu_name, package_versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "training-effect-cpu.json"
@@ -145,29 +147,13 @@ def train_arm(base: argparse.Namespace, arm: str, log: bool = True) -> dict[str,
 
 
 def _versions() -> dict[str, Any]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("detmix", "torch", "torchvision", "numpy", "pycocotools"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(("detmix", "torch", "torchvision", "numpy", "pycocotools"))
 
 
 def _machine(device: str) -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
