@@ -102,7 +102,7 @@ def train_arm(base: argparse.Namespace, arm: str, log: bool = True) -> dict[str,
     """Train and score one arm (nothing is written: no checkpoint, no metrics file); returns its
     per-epoch history and final metrics."""
     from detmix import train as T
-    from detmix.engine import COCO_STATS, evaluate, train_one_epoch
+    from detmix.engine import COCO_STATS
 
     args = _arm_args(base, arm)
     setup = T.build(args)
@@ -114,23 +114,12 @@ def train_arm(base: argparse.Namespace, arm: str, log: bool = True) -> dict[str,
     stats: dict[str, Any] = {}
     started = time.perf_counter()
     for epoch in range(args.epochs):
-        setup.begin_epoch(epoch)
-        mixing = setup.mixing_on(epoch)
-        train_stats = train_one_epoch(
-            setup.model, setup.optimizer, setup.train_loader, setup.device, epoch,
-            lr_scheduler=setup.lr_scheduler, scaler=setup.scaler, amp=args.amp,
-            mixer=setup.mixer if mixing else None, mix_generator=setup.mix_generator(epoch) if mixing else None,
-            max_iters=args.max_iters or None, clip_grad_norm=args.clip_grad_norm or None, progress=args.progress,
-        )
-        stats = evaluate(setup.model_without_ddp, setup.val_loader, setup.device, setup.coco_gt, setup.label_map,
-                         amp=args.amp, progress=args.progress)
-        record = {"epoch": epoch, "mixed": bool(mixing)}
-        record.update({k: v for k, v in train_stats.items() if k != "mixed"})
-        record.update({f"bbox_{k}": stats[k] for k in COCO_STATS})
+        record = setup.run_epoch(epoch)  # the training script's own epoch: train, then COCOeval
+        stats = record.pop("eval")
         history.append(record)
         if log:
-            print(f"  [{arm}] epoch {epoch}: loss {train_stats['loss']:.4f}  mAP {stats['mAP']:.4f}  "
-                  f"AP50 {stats['AP50']:.4f}  ({train_stats['s_per_iter']:.2f} s/iter)", flush=True)
+            print(f"  [{arm}] epoch {epoch}: loss {record['loss']:.4f}  mAP {stats['mAP']:.4f}  "
+                  f"AP50 {stats['AP50']:.4f}  ({record['s_per_iter']:.2f} s/iter)", flush=True)
     return {
         "arm": arm,
         "mixer": repr(setup.mixer) if setup.mixer is not None else None,

@@ -391,6 +391,29 @@ class Setup:
         self.train_dataset.set_epoch(epoch)
         torch.manual_seed(derive_seed(self.args.seed, epoch, self.dist.rank, _STREAM_GLOBAL))
 
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch (mixed unless it is one of the last ``--no-mix-epochs``), evaluate, and
+        return the epoch's record: losses, lr, s/iter, whether it was mixed, COCO bbox metrics;
+        the full evaluation is under ``"eval"``."""
+        from detmix.engine import COCO_STATS, evaluate, train_one_epoch
+
+        args = self.args
+        self.begin_epoch(epoch)
+        mixing = self.mixing_on(epoch)
+        train_stats = train_one_epoch(
+            self.model, self.optimizer, self.train_loader, self.device, epoch,
+            lr_scheduler=self.lr_scheduler, scaler=self.scaler, amp=args.amp,
+            mixer=self.mixer if mixing else None, mix_generator=self.mix_generator(epoch) if mixing else None,
+            max_iters=args.max_iters or None, clip_grad_norm=args.clip_grad_norm or None, progress=args.progress,
+        )
+        stats = evaluate(self.model_without_ddp, self.val_loader, self.device, self.coco_gt, self.label_map,
+                         amp=args.amp, progress=args.progress)
+        record: dict[str, Any] = {"epoch": epoch, "mixed": bool(mixing)}
+        record.update({k: v for k, v in train_stats.items() if k != "mixed"})
+        record.update({f"bbox_{k}": stats[k] for k in COCO_STATS})
+        record["eval"] = stats
+        return record
+
 
 def _device(spec: str, dist_info: Any) -> Any:
     import torch
@@ -658,7 +681,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import torch.distributed as dist
     import yaml
 
-    from detmix.engine import COCO_STATS, evaluate, init_distributed, train_one_epoch
+    from detmix.engine import evaluate, init_distributed
 
     if not hasattr(args, "config_values"):
         args.config_values = {}
@@ -696,23 +719,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if setup.start_epoch >= args.epochs:
             _log(main_rank, f"checkpoint is at epoch {setup.start_epoch - 1}; --epochs {args.epochs}: nothing to train")
         for epoch in range(setup.start_epoch, args.epochs):
-            setup.begin_epoch(epoch)
-            mixing = setup.mixing_on(epoch)
-            train_stats = train_one_epoch(
-                setup.model, setup.optimizer, setup.train_loader, setup.device, epoch,
-                lr_scheduler=setup.lr_scheduler, scaler=setup.scaler, amp=args.amp,
-                mixer=setup.mixer if mixing else None, mix_generator=setup.mix_generator(epoch) if mixing else None,
-                max_iters=args.max_iters or None, clip_grad_norm=args.clip_grad_norm or None, progress=args.progress,
-            )
-            stats = evaluate(setup.model_without_ddp, setup.val_loader, setup.device, setup.coco_gt,
-                             setup.label_map, amp=args.amp, progress=args.progress)
-            record: dict[str, Any] = {"epoch": epoch, "mixed": bool(mixing), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            record.update({k: v for k, v in train_stats.items() if k != "mixed"})
-            record.update({f"bbox_{k}": stats[k] for k in COCO_STATS})
+            epoch_record = setup.run_epoch(epoch)
+            stats = epoch_record.pop("eval")
+            record: dict[str, Any] = {"epoch": epoch, "mixed": epoch_record["mixed"],
+                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            record.update(epoch_record)
             record.update(eval_images=stats["images"], world_size=dist_info.world_size, seed=args.seed)
             history.append(record)
-            _log(main_rank, f"epoch {epoch}: loss {train_stats['loss']:.4f}  lr {train_stats['lr']:.2e}  "
-                 f"{train_stats['s_per_iter']:.2f} s/iter  mixed {mixing}  |  {_eval_line(stats)}")
+            _log(main_rank, f"epoch {epoch}: loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                 f"{record['s_per_iter']:.2f} s/iter  mixed {record['mixed']}  |  {_eval_line(stats)}")
             if main_rank:
                 _append_metrics(args.output_dir, record)
                 _save_checkpoint(setup, epoch, record)
