@@ -10,7 +10,8 @@ as the browser received it, and checks what the page shows against it: one canva
 image, at the image's size, showing the image's own pixels (outside the drawn boxes); one drawn
 box per returned annotation, on that image, in the colour of its source (own or partner); the
 status line's counts. A screenshot goes to the test's tmp folder and, with
-``DETMIX_UPDATE_SCREENSHOTS=1``, the coco-mini one to ``docs/images/playground.png``.
+``DETMIX_UPDATE_SCREENSHOTS=1``, the synthetic one to ``docs/images/playground.png`` (the
+coco-mini photographs carry their own licences and are not copied into the project).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def test_playground_draws_the_returned_images_and_boxes(browser, server, dataset
     shot = tmp_path / f"playground-{dataset}.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if dataset == "coco-mini" and os.environ.get("DETMIX_UPDATE_SCREENSHOTS") == "1":
+    if dataset == "synthetic" and os.environ.get("DETMIX_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
     page.close()
