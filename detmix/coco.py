@@ -150,7 +150,7 @@ class CocoDetectionSource:
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         height, width = int(info["height"]), int(info["width"])
-        path = self._image_path(info.get("file_name"))
+        path = self.image_path(info.get("file_name"))
         with Image.open(path) as file:
             image = np.array(file.convert("RGB"), dtype=np.uint8)
         if image.shape[:2] != (height, width):
@@ -182,8 +182,9 @@ class CocoDetectionSource:
             f"image_dir={str(self.image_dir)!r}, images={len(self)}, masks={self.masks})"
         )
 
-    def _image_path(self, file_name: Any) -> Path:
-        """``image_dir / file_name``, refused when it leads outside ``image_dir``."""
+    def image_path(self, file_name: Any) -> Path:
+        """``image_dir / file_name``, refused with ``ValueError`` when it leads outside ``image_dir``
+        (``..``, an absolute path, a symlink out): the one path guard, also used by the service."""
         if not isinstance(file_name, str) or not file_name:
             raise ValueError(f"image file_name must be a non-empty str, got {file_name!r}")
         if Path(file_name).is_absolute():

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
+from detmix.coco import decode_masks
 from detmix.data import decode_rle, encode_rle
 from detmix_service.errors import ErrorItem, InvalidInput, UnsupportedMediaType
 
@@ -470,19 +471,19 @@ def encode_image(pixels: np.ndarray, fmt: Literal["jpeg", "png"], quality: int) 
 
 
 def instance_masks(annotations: Sequence[CocoAnnotation], height: int, width: int) -> np.ndarray:
-    """``(N, H, W)`` uint8 masks of validated annotations (polygons rasterised by pycocotools,
-    RLE decoded by :func:`detmix.data.decode_rle`)."""
-    masks = np.zeros((len(annotations), height, width), dtype=np.uint8)
-    for k, ann in enumerate(annotations):
+    """``(N, H, W)`` uint8 masks of validated annotations, decoded by the core's
+    :func:`detmix.coco.decode_masks` (polygons merged by pycocotools, RLE by
+    :func:`detmix.data.decode_rle`). Validation guarantees a segmentation on every annotation
+    whenever masks are asked for."""
+    records = []
+    for ann in annotations:
         segmentation = ann.segmentation
         if isinstance(segmentation, Rle):
-            masks[k] = decode_rle({"size": segmentation.size, "counts": segmentation.counts})
+            segmentation = {"size": list(segmentation.size), "counts": segmentation.counts}
         elif segmentation is not None:
-            from pycocotools import mask as mask_utils
-
-            rles = mask_utils.frPyObjects([list(map(float, p)) for p in segmentation], height, width)
-            masks[k] = decode_rle(mask_utils.merge(rles))
-    return masks
+            segmentation = [list(map(float, polygon)) for polygon in segmentation]
+        records.append({"id": ann.id, "segmentation": segmentation})
+    return decode_masks(records, height, width)
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:

@@ -99,7 +99,7 @@ def load_dataset(name: str, annotations: Path, images: Path, *, masks: bool, lim
         info = source.coco.imgs[image_id]
         try:
             record = CocoImage.model_validate(info)
-            path = source._image_path(record.file_name)  # the core's guard: refuses ../, absolute, symlink out
+            path = source.image_path(record.file_name)  # the core's guard: refuses ../, absolute, symlink out
         except (ValidationError, ValueError) as error:
             bad_images.append(f"image {image_id}: {str(error).splitlines()[0]}")
             continue
