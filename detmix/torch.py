@@ -36,7 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as F
 from detmix.recipes import Recipe, load_recipe
-from detmix.sampling import MixParams, cut_box_for
+from detmix.sampling import MixParams, sample_params
 
 __all__ = ["MODES", "BatchMix", "BatchParams", "MixCollate"]
 
@@ -523,8 +523,9 @@ class BatchMix:
 
     Randomness comes only from the ``torch.Generator``: the permutation and one 63-bit seed are
     drawn on the generator's device (one copy to the host, none for a CPU generator); the seed
-    starts a numpy generator that draws every pair's switch, lam (Beta, which torch cannot draw
-    from a generator) and cut centre at once, as :mod:`detmix.sampling` does for one pair. MixUp's
+    starts a numpy generator from which :func:`detmix.sample_params` draws each pair's switch,
+    lam (Beta, which torch cannot draw from a generator) and cut box (once per batch with
+    ``per="batch"``). MixUp's
     lam is rounded to float32 when drawn, so that the batch, blended with lam in a float32
     tensor, equals the per-sample blend bit for bit. :attr:`last_params` holds the draw of the
     last call; :meth:`apply` replays it.
@@ -601,24 +602,15 @@ class BatchMix:
         partner = np.empty(size, np.int64)
         partner[order] = np.roll(order, -1)
 
-        recipe = self.recipe
+        # The draw of each pair is detmix.sample_params (the DeiT switch, Beta lam with its clamp,
+        # the cut box), once per batch or once per pair: the same rule as every other adapter.
         n = 1 if self.per == "batch" else size
-        mixed = rng.random(n) < recipe.prob
-        if recipe.mixup is not None and recipe.cutmix is not None:
-            use_cutmix = rng.random(n) < recipe.switch_prob
-        else:
-            use_cutmix = np.full(n, recipe.cutmix is not None)
-        mode = np.where(mixed, np.where(use_cutmix, _CUTMIX, _MIXUP), _NONE)
-        lam = np.ones(n)
-        cut = np.zeros((n, 4), np.int64)
-        if recipe.mixup is not None:
-            drawn = _beta(rng, recipe.mixup.alpha, recipe.mixup.lam_clamp, n)
-            lam = np.where(mode == _MIXUP, drawn.astype(np.float32).astype(np.float64), lam)
-        if recipe.cutmix is not None:
-            drawn = _beta(rng, recipe.cutmix.alpha, recipe.cutmix.lam_clamp, n)
-            cx, cy = rng.integers(width, size=n), rng.integers(height, size=n)
-            for k in np.flatnonzero(mode == _CUTMIX):  # B scalars on the host, one rule: cut_box_for
-                cut[k], lam[k] = cut_box_for(float(drawn[k]), (int(cx[k]), int(cy[k])), height, width)
+        drawn = [sample_params(rng, self.recipe, height, width) for _ in range(n)]
+        mode = np.array([MODES.index(p.mode) for p in drawn], np.int64)
+        lam = np.array([p.lam for p in drawn], np.float64)
+        cut = np.array([p.cut_box or (0, 0, 0, 0) for p in drawn], np.int64).reshape(n, 4)
+        # MixUp's lam rounded to float32, so the batched blend equals the per-sample one bit for bit.
+        lam = np.where(mode == _MIXUP, lam.astype(np.float32).astype(np.float64), lam)
         if n == 1:
             mode, lam, cut = np.repeat(mode, size), np.repeat(lam, size), np.repeat(cut, size, axis=0)
         itself = partner == np.arange(size)  # only in a batch of one
@@ -836,11 +828,6 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.ndim <= 2:
         return x.index_select(0, index)
     return x.reshape(x.shape[0], math.prod(x.shape[1:])).index_select(0, index).reshape(index.shape[0], *x.shape[1:])
-
-
-def _beta(rng: np.random.Generator, alpha: float, clamp: tuple[float, float] | None, n: int) -> np.ndarray:
-    lam = rng.beta(alpha, alpha, size=n)
-    return lam if clamp is None else np.clip(lam, clamp[0], clamp[1])
 
 
 def _cat(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
