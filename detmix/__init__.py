@@ -9,9 +9,9 @@ weights follow the pixels, and every input box is either kept or reported as dro
 """
 
 from detmix import functional
-from detmix.align import align_pair, canvas_size
+from detmix.align import align_canvas, align_pair, canvas_size
 from detmix.functional import DropReason, cutmix, mixup
-from detmix.mix import RandomMix, apply_params
+from detmix.mix import RandomMix, apply_params, mix_pair
 from detmix.recipes import CutMixConfig, MixUpConfig, Recipe, builtin_recipes, load_recipe
 from detmix.sampling import MixParams, sample_cut_box, sample_lam, sample_params
 
@@ -24,6 +24,7 @@ __all__ = [
     "MixUpConfig",
     "RandomMix",
     "Recipe",
+    "align_canvas",
     "align_pair",
     "apply_params",
     "builtin_recipes",
@@ -31,6 +32,7 @@ __all__ = [
     "cutmix",
     "functional",
     "load_recipe",
+    "mix_pair",
     "mixup",
     "sample_cut_box",
     "sample_lam",

@@ -5,25 +5,45 @@
   torchvision's ``GeneralizedRCNNTransform`` batches images).
 * ``"resize"``: ``b`` is resized to ``a``'s canvas (bilinear for the image, nearest for masks)
   and its boxes are scaled with it.
+
+CutMix reads ``b``'s pixels inside its cut box only, so :func:`align_pair` takes that box as
+``window`` and computes nothing of ``b``'s image outside it. uint8 images on the numpy path are
+resized by Pillow in two separable passes run one at a time, so that a window comes out bit for
+bit as the same window of the whole resize (the tests hold it to that); other images are
+resized whole and cut.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from array_api_compat import array_namespace
 
 from detmix._sample import Parsed, parse_sample
+from detmix.functional import check_cut_box
 
-__all__ = ["align_pair", "canvas_size"]
+__all__ = ["align_canvas", "align_pair", "canvas_size"]
 
 AlignMode = Literal["pad", "resize"]
+Window = tuple[int, int, int, int]
 
 
-def canvas_size(sample: dict[str, Any]) -> tuple[int, int]:
-    """``(height, width)`` of a sample's image (numpy HWC/HW or torch CHW)."""
-    parsed = parse_sample(sample, "sample", check_values=False)
+def align_canvas(canvas_a: tuple[int, int], canvas_b: tuple[int, int], mode: AlignMode) -> tuple[int, int]:
+    """``(height, width)`` of the canvas :func:`align_pair` puts ``a`` and ``b`` on: ``a``'s for
+    ``"resize"``, the larger of each side for ``"pad"``. Known before anything is aligned, so the
+    parameters of a mix can be drawn first."""
+    if mode not in ("pad", "resize"):
+        raise ValueError(f"mode must be 'pad' or 'resize', got {mode!r}")
+    (ha, wa), (hb, wb) = canvas_a, canvas_b
+    return (int(ha), int(wa)) if mode == "resize" else (max(int(ha), int(hb)), max(int(wa), int(wb)))
+
+
+def canvas_size(sample: dict[str, Any], name: str = "sample") -> tuple[int, int]:
+    """``(height, width)`` of a sample's image (numpy HWC/HW or torch CHW); ``name`` is the
+    argument named in errors."""
+    parsed = parse_sample(sample, name, check_values=False)
     return parsed.height, parsed.width
 
 
@@ -33,7 +53,8 @@ def _with(sample: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return out
 
 
-def _pad_image(p: Parsed, height: int, width: int, fill: float) -> Any:
+def _pad_image(p: Parsed, height: int, width: int, fill: float, window: Window | None = None) -> Any:
+    """``p``'s image top-left on a ``fill`` canvas; with ``window``, only its pixels inside it."""
     xp = p.xp
     if p.layout == "CHW":
         shape = (p.image.shape[0], height, width)
@@ -42,21 +63,88 @@ def _pad_image(p: Parsed, height: int, width: int, fill: float) -> Any:
     else:
         shape = (height, width)
     out = xp.full(shape, fill, dtype=p.image.dtype, device=getattr(p.image, "device", None))
+    x1, y1, x2, y2 = (0, 0, p.width, p.height) if window is None else window
+    rows, cols = slice(y1, min(y2, p.height)), slice(x1, min(x2, p.width))
     if p.layout == "CHW":
-        out[:, : p.height, : p.width] = p.image
+        out[:, rows, cols] = p.image[:, rows, cols]
     else:
-        out[: p.height, : p.width, ...] = p.image
+        out[rows, cols, ...] = p.image[rows, cols, ...]
     return out
 
 
-def _pad_masks(p: Parsed, height: int, width: int) -> Any:
+def _only_window(p: Parsed, image: Any, window: Window, fill: float) -> Any:
+    """A ``fill`` canvas like ``image`` holding ``image``'s pixels inside ``window`` only."""
     xp = p.xp
-    out = xp.zeros((p.num_boxes, height, width), dtype=p.masks.dtype, device=getattr(p.masks, "device", None))
-    out[:, : p.height, : p.width] = p.masks
+    x1, y1, x2, y2 = window
+    out = xp.full(image.shape, fill, dtype=image.dtype, device=getattr(image, "device", None))
+    if p.layout == "CHW":
+        out[:, y1:y2, x1:x2] = image[:, y1:y2, x1:x2]
+    else:
+        out[y1:y2, x1:x2, ...] = image[y1:y2, x1:x2, ...]
     return out
 
 
-def _resize_image(p: Parsed, height: int, width: int) -> Any:
+def _pillow_resize_window(image: Any, height: int, width: int, window: Window) -> Any:
+    """``window`` of ``image`` (Pillow, mode ``L`` or ``RGB``) resized to ``width x height``:
+    Pillow's bilinear filter in two separable passes, each rounded to 8 bits, the pass with the
+    smaller intermediate image first (horizontal first on a tie).
+
+    A pass's coefficients depend only on the input and output lengths of its axis, so the
+    window comes out bit for bit without the rest: the first pass runs whole (on the window's
+    lines only when the other axis keeps its length), the window's lines across it are cropped,
+    the second pass runs on them alone, the window is cropped. Each pass is a Pillow resize
+    that keeps the other axis. A ``box=`` resize is no substitute: Pillow passes the box as
+    single-precision floats, which moves the sample positions; and one ``Image.resize`` call
+    is not either, since the order of its passes (and so the rounding in between) is Pillow's
+    choice and has changed between versions."""
+    from PIL import Image
+
+    bilinear = Image.Resampling.BILINEAR
+    x1, y1, x2, y2 = window
+    src_w, src_h = image.size
+    if width * src_h <= src_w * height:  # horizontal pass first
+        if height == src_h:
+            image = image.crop((0, y1, src_w, y2))
+        if width != src_w:
+            image = image.resize((width, image.height), bilinear)
+        image = image.crop((x1, 0, x2, image.height))
+        if height != src_h:
+            image = image.resize((image.width, height), bilinear).crop((0, y1, image.width, y2))
+    else:  # vertical pass first
+        if width == src_w:
+            image = image.crop((x1, 0, x2, src_h))
+        if height != src_h:
+            image = image.resize((image.width, height), bilinear)
+        image = image.crop((0, y1, image.width, y2))
+        if width != src_w:
+            image = image.resize((width, image.height), bilinear).crop((x1, 0, x2, image.height))
+    return np.asarray(image)
+
+
+def _two_pass_path(p: Parsed) -> bool:
+    """uint8 images of 1 or 3 channels on the numpy path (``L`` and ``RGB`` for Pillow)."""
+    return p.kind == "numpy" and p.image.dtype == np.uint8 and (p.layout == "HW" or p.image.shape[2] in (1, 3))
+
+
+def _resize_image(p: Parsed, height: int, width: int, window: Window | None = None, fill: float = 0) -> Any:
+    """``p``'s image resized to ``height x width`` (bilinear, antialiased when shrinking); with
+    ``window``, only its pixels inside it, the rest ``fill``."""
+    if not _two_pass_path(p):  # torch, float and RGBA images: resized whole
+        full = _resize_whole_image(p, height, width)
+        return full if window is None else _only_window(p, full, window, fill)
+    from PIL import Image
+
+    x1, y1, x2, y2 = (0, 0, width, height) if window is None else window
+    plane = p.image if p.layout == "HW" or p.image.shape[2] == 3 else p.image[..., 0]
+    shape = (height, width, *p.image.shape[2:])
+    out = np.empty(shape, dtype=np.uint8) if window is None else np.full(shape, fill, dtype=np.uint8)
+    if x2 > x1 and y2 > y1:
+        part = _pillow_resize_window(Image.fromarray(plane), height, width, (x1, y1, x2, y2))
+        out[y1:y2, x1:x2, ...] = part.reshape(out[y1:y2, x1:x2, ...].shape)
+    return out
+
+
+def _resize_whole_image(p: Parsed, height: int, width: int) -> Any:
     if p.kind == "torch":
         import torch
         import torch.nn.functional as tF
@@ -70,12 +158,9 @@ def _resize_image(p: Parsed, height: int, width: int) -> Any:
     from PIL import Image
 
     image = p.image
+    if image.dtype == np.uint8 and p.layout == "HWC" and image.shape[2] == 4:
+        return np.asarray(Image.fromarray(image, "RGBA").resize((width, height), Image.Resampling.BILINEAR))
     channels = image[..., None] if p.layout == "HW" else image
-    if image.dtype == np.uint8 and channels.shape[2] in (1, 3, 4):
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels.shape[2]]
-        src = channels[..., 0] if mode == "L" else channels
-        out = np.asarray(Image.fromarray(src, mode).resize((width, height), Image.Resampling.BILINEAR))
-        return out.reshape(height, width, -1) if p.layout == "HWC" else out
     planes = [
         np.asarray(Image.fromarray(channels[..., c].astype(np.float32), "F").resize((width, height), Image.Resampling.BILINEAR))
         for c in range(channels.shape[2])
@@ -85,6 +170,13 @@ def _resize_image(p: Parsed, height: int, width: int) -> Any:
         out = np.clip(np.rint(out), 0, 255)
     out = out.astype(image.dtype)
     return out[..., 0] if p.layout == "HW" else out
+
+
+def _pad_masks(p: Parsed, height: int, width: int) -> Any:
+    xp = p.xp
+    out = xp.zeros((p.num_boxes, height, width), dtype=p.masks.dtype, device=getattr(p.masks, "device", None))
+    out[:, : p.height, : p.width] = p.masks
+    return out
 
 
 def _resize_masks(p: Parsed, height: int, width: int) -> Any:
@@ -108,10 +200,21 @@ def _resize_boxes(p: Parsed, height: int, width: int) -> Any:
 
 
 def align_pair(
-    a: dict[str, Any], b: dict[str, Any], mode: AlignMode = "pad", *, fill: float = 0
+    a: dict[str, Any],
+    b: dict[str, Any],
+    mode: AlignMode = "pad",
+    *,
+    fill: float = 0,
+    window: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return ``(a, b)`` on one canvas. Samples that already share a canvas are returned as
-    they are; otherwise new dicts (inputs are never modified). See the module docstring."""
+    """Return ``(a, b)`` on one canvas (:func:`align_canvas`). Samples that already share a
+    canvas are returned as they are; otherwise new dicts (inputs are never modified). See the
+    module docstring.
+
+    ``window``: ``(x1, y1, x2, y2)`` whole pixels on the canvas, half-open. When given and
+    ``b`` has to be aligned, ``b``'s image is computed only inside it and is ``fill`` elsewhere
+    (its boxes and masks are aligned whole). A CutMix with that cut box reads nothing else of
+    ``b``'s image, so its result is the same as after a full alignment, for less work."""
     if mode not in ("pad", "resize"):
         raise ValueError(f"mode must be 'pad' or 'resize', got {mode!r}")
     pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
@@ -119,20 +222,22 @@ def align_pair(
         raise TypeError(f"a and b must be the same array kind, got a: {pa.kind}, b: {pb.kind}")
     if (pa.height, pa.width) == (pb.height, pb.width):
         return a, b
+    height, width = align_canvas((pa.height, pa.width), (pb.height, pb.width), mode)
+    if window is not None:
+        window = check_cut_box(window, height, width, name="window")
     if mode == "resize":
         masks = None if pb.masks is None else _resize_masks(pb, pa.height, pa.width)
         return a, _with(
             b,
-            image=_resize_image(pb, pa.height, pa.width),
+            image=_resize_image(pb, pa.height, pa.width, window, fill),
             boxes=_resize_boxes(pb, pa.height, pa.width),
             masks=masks,
         )
-    height, width = max(pa.height, pb.height), max(pa.width, pb.width)
     out = []
-    for p, s in ((pa, a), (pb, b)):
-        if (p.height, p.width) == (height, width):
+    for p, s, only in ((pa, a, None), (pb, b, window)):
+        if (p.height, p.width) == (height, width) and only is None:
             out.append(s)
             continue
         masks = None if p.masks is None else _pad_masks(p, height, width)
-        out.append(_with(s, image=_pad_image(p, height, width, fill), boxes=p.boxes, masks=masks))
+        out.append(_with(s, image=_pad_image(p, height, width, fill, only), boxes=p.boxes, masks=masks))
     return out[0], out[1]

@@ -292,20 +292,21 @@ def _check_weight(weight: Any) -> str:
     return weight
 
 
-def check_cut_box(cut_box: Any, height: int, width: int) -> tuple[int, int, int, int]:
-    """Validate a cut box against a ``height x width`` canvas and return it as four ints."""
+def check_cut_box(cut_box: Any, height: int, width: int, name: str = "cut_box") -> tuple[int, int, int, int]:
+    """Validate a cut box against a ``height x width`` canvas and return it as four ints
+    (``name`` is the argument named in errors)."""
     try:
         values = [float(v) for v in cut_box]
     except TypeError:
-        raise TypeError(f"cut_box must be a sequence of 4 numbers (x1, y1, x2, y2), got {cut_box!r}") from None
+        raise TypeError(f"{name} must be a sequence of 4 numbers (x1, y1, x2, y2), got {cut_box!r}") from None
     if len(values) != 4:
-        raise ValueError(f"cut_box must have 4 numbers (x1, y1, x2, y2), got {len(values)}")
+        raise ValueError(f"{name} must have 4 numbers (x1, y1, x2, y2), got {len(values)}")
     if not all(math.isfinite(v) and v == int(v) for v in values):
-        raise ValueError(f"cut_box must hold whole pixel coordinates, got {list(cut_box)}")
+        raise ValueError(f"{name} must hold whole pixel coordinates, got {list(cut_box)}")
     x1, y1, x2, y2 = (int(v) for v in values)
     if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
         raise ValueError(
-            f"cut_box must satisfy 0 <= x1 <= x2 <= {width} and 0 <= y1 <= y2 <= {height} "
+            f"{name} must satisfy 0 <= x1 <= x2 <= {width} and 0 <= y1 <= y2 <= {height} "
             f"(half-open, on the {width}x{height} canvas), got {(x1, y1, x2, y2)}"
         )
     return x1, y1, x2, y2

@@ -1,10 +1,11 @@
-"""One mix end to end: align the pair, draw parameters, apply them. Every adapter uses this.
+"""One mix end to end: draw parameters for the pair's canvas, align the pair, apply them.
 
 >>> mixer = RandomMix("deit")
 >>> out = mixer(a, b, np.random.default_rng(0))      # doctest: +SKIP
 >>> out["params"].to_dict()                          # doctest: +SKIP
 {'mode': 'cutmix', 'lam': 0.7998828125, 'cut_box': [0, 131, 141, 240], 'canvas': [240, 320]}
->>> again = apply_params(*align_pair(a, b, "pad"), out["params"], mixer.recipe)  # same output
+>>> again = mix_pair(a, b, out["params"], mixer.recipe)                      # same output
+>>> again = apply_params(*align_pair(a, b, "pad"), out["params"], mixer.recipe)  # the same too
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from detmix import functional as F
-from detmix.align import align_pair, canvas_size
+from detmix.align import align_canvas, align_pair, canvas_size
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
 
-__all__ = ["RandomMix", "apply_params"]
+__all__ = ["RandomMix", "apply_params", "mix_pair"]
 
 
 def apply_params(
@@ -53,6 +54,26 @@ def apply_params(
     return out
 
 
+def mix_pair(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    params: MixParams,
+    recipe: Recipe,
+    *,
+    fill: float = 0,
+    box_keys: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Align ``b`` to ``a`` as ``recipe.align`` says and apply ``params``: the same result as
+    ``apply_params(*align_pair(a, b, recipe.align, fill=fill), params, recipe)``, but for a
+    CutMix only the cut box of ``b``'s image is aligned (see :func:`detmix.align_pair`'s
+    ``window``), which is most of the work when ``b`` is resized."""
+    if not isinstance(params, MixParams):
+        raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
+    window = params.cut_box if params.mode == "cutmix" else (0, 0, 0, 0) if params.mode == "none" else None
+    a, b = align_pair(a, b, recipe.align, fill=fill, window=window)
+    return apply_params(a, b, params, recipe, box_keys=box_keys)
+
+
 class RandomMix:
     """Mix pairs according to a recipe (a name under ``configs/recipes``, a path, a dict or a
     :class:`~detmix.recipes.Recipe`). Randomness comes only from the generator passed to each
@@ -66,7 +87,6 @@ class RandomMix:
         return f"{type(self).__name__}(recipe={self.recipe.name!r})"
 
     def __call__(self, a: dict[str, Any], b: dict[str, Any], generator: Any) -> dict[str, Any]:
-        a, b = align_pair(a, b, self.recipe.align)
-        height, width = canvas_size(a)
+        height, width = align_canvas(canvas_size(a, "a"), canvas_size(b, "b"), self.recipe.align)
         params = sample_params(generator, self.recipe, height, width)
-        return apply_params(a, b, params, self.recipe, box_keys=self.box_keys)
+        return mix_pair(a, b, params, self.recipe, box_keys=self.box_keys)
