@@ -445,7 +445,7 @@ def decode_pixels(image: Image.Image, loc: Sequence[str | int], name: str) -> np
     try:
         with image:
             image.load()
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InvalidInput(f"{name}: refused as a decompression bomb ({error})", loc, type="image_too_large") from None
     except Exception as error:  # OSError "image file is truncated", decoder errors...

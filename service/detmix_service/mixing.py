@@ -7,8 +7,9 @@ itself and every image is the partner of exactly one other. Output ``i`` keeps i
 canvas (``recipe.align``: ``pad`` puts both on the larger canvas, ``resize`` brings the partner to
 image ``i``'s size) and its parameters are then drawn from the same generator, image by image in
 batch order, by :func:`detmix.sampling.sample_params`. A batch of one image is not mixed (mode
-``none``). Everything after the draw is :func:`detmix.apply_params`: the answer for a pair equals
-the core's for the same parameters, which the answer carries so that the call can be replayed.
+``none``). Everything after the draw is :func:`detmix.mix_pair` (which aligns only the cut box
+of the partner for a CutMix): the answer for a pair equals the core's for the same parameters,
+which the answer carries so that the call can be replayed.
 
 This module is plain synchronous code; the app runs it in a worker thread and passes a
 ``checkpoint`` that raises when the request's deadline passed or its client left.
@@ -24,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from detmix import apply_params
-from detmix.align import align_pair
+from detmix import mix_pair
+from detmix.align import align_canvas
 from detmix.functional import DropReason, check_cut_box
 from detmix.recipes import Recipe
 from detmix.sampling import MixParams, sample_params
@@ -92,9 +93,8 @@ class Plan:
 
 
 def aligned_canvas(a: SourceImage, b: SourceImage, align: str) -> tuple[int, int]:
-    """The canvas of output ``a`` when ``b`` is mixed into it (see :func:`detmix.align_pair`)."""
-    (ha, wa), (hb, wb) = a.canvas, b.canvas
-    return (ha, wa) if align == "resize" else (max(ha, hb), max(wa, wb))
+    """The canvas of output ``a`` when ``b`` is mixed into it (:func:`detmix.align_canvas`)."""
+    return align_canvas(a.canvas, b.canvas, align)
 
 
 def draw_plan(images: Sequence[SourceImage], recipe: Recipe, rng: np.random.Generator, seed: int | None) -> Plan:
@@ -192,8 +192,7 @@ def mix_batch(
         checkpoint()
         partner = images[plan.partner[i]]
         params = plan.params[i]
-        a, b = align_pair(image.sample, partner.sample, recipe.align)
-        out = apply_params(a, b, params, recipe, box_keys=BOX_KEYS)
+        out = mix_pair(image.sample, partner.sample, params, recipe, box_keys=BOX_KEYS)
         pixels = out["image"]
         height, width = pixels.shape[:2]
         sources = (image, partner)
