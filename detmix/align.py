@@ -84,8 +84,8 @@ def _only_window(p: Parsed, image: Any, window: Window, fill: float) -> Any:
     return out
 
 
-def _pillow_resize_window(image: Any, height: int, width: int, window: Window) -> Any:
-    """``window`` of ``image`` (Pillow, mode ``L`` or ``RGB``) resized to ``width x height``:
+def _pillow_resize_window(pixels: Any, height: int, width: int, window: Window) -> Any:
+    """``window`` of ``pixels`` (uint8 ``(H, W)`` or ``(H, W, 3)``) resized to ``width x height``:
     Pillow's bilinear filter in two separable passes, each rounded to 8 bits, the pass with the
     smaller intermediate image first (horizontal first on a tie).
 
@@ -101,18 +101,16 @@ def _pillow_resize_window(image: Any, height: int, width: int, window: Window) -
 
     bilinear = Image.Resampling.BILINEAR
     x1, y1, x2, y2 = window
-    src_w, src_h = image.size
+    src_h, src_w = pixels.shape[:2]
     if width * src_h <= src_w * height:  # horizontal pass first
-        if height == src_h:
-            image = image.crop((0, y1, src_w, y2))
+        image = Image.fromarray(pixels[y1:y2] if height == src_h else pixels)
         if width != src_w:
             image = image.resize((width, image.height), bilinear)
         image = image.crop((x1, 0, x2, image.height))
         if height != src_h:
             image = image.resize((image.width, height), bilinear).crop((0, y1, image.width, y2))
     else:  # vertical pass first
-        if width == src_w:
-            image = image.crop((x1, 0, x2, src_h))
+        image = Image.fromarray(np.ascontiguousarray(pixels[:, x1:x2]) if width == src_w else pixels)
         if height != src_h:
             image = image.resize((image.width, height), bilinear)
         image = image.crop((0, y1, image.width, y2))
@@ -132,14 +130,12 @@ def _resize_image(p: Parsed, height: int, width: int, window: Window | None = No
     if not _two_pass_path(p):  # torch, float and RGBA images: resized whole
         full = _resize_whole_image(p, height, width)
         return full if window is None else _only_window(p, full, window, fill)
-    from PIL import Image
-
     x1, y1, x2, y2 = (0, 0, width, height) if window is None else window
     plane = p.image if p.layout == "HW" or p.image.shape[2] == 3 else p.image[..., 0]
     shape = (height, width, *p.image.shape[2:])
     out = np.empty(shape, dtype=np.uint8) if window is None else np.full(shape, fill, dtype=np.uint8)
     if x2 > x1 and y2 > y1:
-        part = _pillow_resize_window(Image.fromarray(plane), height, width, (x1, y1, x2, y2))
+        part = _pillow_resize_window(plane, height, width, (x1, y1, x2, y2))
         out[y1:y2, x1:x2, ...] = part.reshape(out[y1:y2, x1:x2, ...].shape)
     return out
 
