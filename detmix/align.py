@@ -15,6 +15,7 @@ resized whole and cut.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -84,38 +85,55 @@ def _only_window(p: Parsed, image: Any, window: Window, fill: float) -> Any:
     return out
 
 
+def _source_lines(lo: int, hi: int, src: int, dst: int) -> tuple[int, int]:
+    """Source lines ``[r0, r1)`` that cover what Pillow's bilinear pass ``src -> dst`` reads for
+    output lines ``[lo, hi)``: centre ``(i + 0.5) * src / dst``, support ``max(src / dst, 1)``,
+    with a line of margin on each side."""
+    scale = src / dst
+    support = max(scale, 1.0)
+    return max(0, math.floor((lo + 0.5) * scale - support) - 1), min(src, math.ceil((hi - 0.5) * scale + support) + 2)
+
+
 def _pillow_resize_window(pixels: Any, height: int, width: int, window: Window) -> Any:
     """``window`` of ``pixels`` (uint8 ``(H, W)`` or ``(H, W, 3)``) resized to ``width x height``:
     Pillow's bilinear filter in two separable passes, each rounded to 8 bits, the pass with the
     smaller intermediate image first (horizontal first on a tie).
 
-    A pass's coefficients depend only on the input and output lengths of its axis, so the
-    window comes out bit for bit without the rest: the first pass runs whole (on the window's
-    lines only when the other axis keeps its length), the window's lines across it are cropped,
-    the second pass runs on them alone, the window is cropped. Each pass is a Pillow resize
-    that keeps the other axis. A ``box=`` resize is no substitute: Pillow passes the box as
-    single-precision floats, which moves the sample positions; and one ``Image.resize`` call
-    is not either, since the order of its passes (and so the rounding in between) is Pillow's
-    choice and has changed between versions."""
+    A pass's coefficients depend only on the input and output lengths of its axis, and each
+    output line reads a few input lines, so the window comes out bit for bit without the rest:
+    the first pass runs on the source lines the second pass will read (all of them only when
+    the window spans the canvas), the window's lines across it are cropped and put back at their
+    place in an otherwise blank intermediate of full length, the second pass runs on them alone
+    and the window is cropped. Each pass is a Pillow resize that keeps the other axis. A
+    ``box=`` resize is no substitute: Pillow passes the box as single-precision floats, which
+    moves the sample positions; and one ``Image.resize`` call is not either, since the order
+    of its passes (and so the rounding in between) is Pillow's choice and has changed between
+    versions."""
     from PIL import Image
 
     bilinear = Image.Resampling.BILINEAR
     x1, y1, x2, y2 = window
     src_h, src_w = pixels.shape[:2]
     if width * src_h <= src_w * height:  # horizontal pass first
-        image = Image.fromarray(pixels[y1:y2] if height == src_h else pixels)
+        r0, r1 = (y1, y2) if height == src_h else _source_lines(y1, y2, src_h, height)
+        image = Image.fromarray(pixels[r0:r1])
         if width != src_w:
-            image = image.resize((width, image.height), bilinear)
-        image = image.crop((x1, 0, x2, image.height))
+            image = image.resize((width, r1 - r0), bilinear)
+        image = image.crop((x1, 0, x2, r1 - r0))
         if height != src_h:
-            image = image.resize((image.width, height), bilinear).crop((0, y1, image.width, y2))
+            tall = Image.new(image.mode, (x2 - x1, src_h))
+            tall.paste(image, (0, r0))
+            image = tall.resize((x2 - x1, height), bilinear).crop((0, y1, x2 - x1, y2))
     else:  # vertical pass first
-        image = Image.fromarray(np.ascontiguousarray(pixels[:, x1:x2]) if width == src_w else pixels)
+        c0, c1 = (x1, x2) if width == src_w else _source_lines(x1, x2, src_w, width)
+        image = Image.fromarray(np.ascontiguousarray(pixels[:, c0:c1]))
         if height != src_h:
-            image = image.resize((image.width, height), bilinear)
-        image = image.crop((0, y1, image.width, y2))
+            image = image.resize((c1 - c0, height), bilinear)
+        image = image.crop((0, y1, c1 - c0, y2))
         if width != src_w:
-            image = image.resize((width, image.height), bilinear).crop((x1, 0, x2, image.height))
+            wide = Image.new(image.mode, (src_w, y2 - y1))
+            wide.paste(image, (c0, 0))
+            image = wide.resize((width, y2 - y1), bilinear).crop((x1, 0, x2, y2 - y1))
     return np.asarray(image)
 
 
