@@ -20,6 +20,11 @@ start-up; ``--max-seconds`` stops it in any case):
 3. **Per core.** ``service images/s / cores`` against the codec bound per core; and, because the
    client shares the machine, also images per *server* CPU-second against codec images per
    CPU-second. Issue #5's goal: at least 70% of the codec bound per core.
+4. **Where a batch's time goes.** The service's own ``run_mix`` on the same request, in this
+   process: CPU ms per batch in all (no profiler), and the share of each stage read from
+   ``cProfile`` (the functions the service calls: decode, masks from polygons, alignment of the
+   partner, the box/mask rules, RLE, encode, JSON). Server CPU per batch from step 2 minus the
+   in-process total is what HTTP, multipart parsing and uvicorn cost.
 
 Writes ``bench/results/service-cpu.json`` (machine, versions, date, settings, every level) and
 prints a table. Needs the coco-mini photographs at ``../shared/data/coco-mini`` (or
@@ -43,6 +48,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, also when loaded by path
@@ -122,6 +128,68 @@ def codec_bound(files: list[tuple[str, bytes]], seconds: float) -> dict[str, Any
     return {"images": images, "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3),
             "images_per_s_per_core": round(images / elapsed, 1), "ms_per_batch": round(1e3 * elapsed / n, 2),
             "images_per_cpu_s": round(images / cpu, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the time goes: the service's pipeline in this process
+# ---------------------------------------------------------------------------------------------
+
+#: (label, module, function): the stages of ``run_mix`` whose cumulative time is reported.
+STAGES = (
+    ("decode", "detmix_service/cocoio.py", "decode_pixels"),
+    ("masks from polygons", "detmix_service/cocoio.py", "instance_masks"),
+    ("align partner", "detmix/align.py", "align_pair"),
+    ("box and mask rules", "detmix/mix.py", "apply_params"),
+    ("RLE encode", "detmix_service/cocoio.py", "encode_masks"),
+    ("encode", "detmix_service/cocoio.py", "encode_image"),
+    ("JSON answer", "detmix_service/jobs.py", "encode_answer"),
+)
+
+
+def stage_breakdown(files: list[tuple[str, bytes]], coco: dict[str, Any], fields: dict[str, Any],
+                    seconds: float) -> dict[str, Any]:
+    """CPU ms per batch of the service's ``run_mix`` (request model validation included), and
+    of each stage in :data:`STAGES` (cumulative time under cProfile, scaled to the plain total)."""
+    import cProfile
+    import pstats
+
+    sys.path.insert(0, str(REPO / "service"))
+    from detmix_service.jobs import Blob, JobContext, parse_model, run_mix
+    from detmix_service.routers.batches import limits_of
+    from detmix_service.schemas import MixRequest
+    from detmix_service.settings import Settings
+
+    from detmix.recipes import builtin_recipes
+
+    limits = limits_of(SimpleNamespace(settings=Settings()))  # the server's default limits
+    raw = {**coco, **fields}
+    data = dict(files)
+    ctx = JobContext(limits, builtin_recipes(), lambda: None)
+
+    def once() -> None:
+        request = parse_model(MixRequest, raw, ["request"])
+        blobs = [Blob(data[image.file_name], ("images", k)) for k, image in enumerate(request.images)]
+        run_mix(request, blobs, ctx, ["request"], ["images"])
+
+    once()
+    cpu0, start, n = time.process_time(), time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or n < 3:
+        once()
+        n += 1
+    total_ms = 1e3 * (time.process_time() - cpu0) / n
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(n):
+        once()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    profiled_ms = 1e3 * sum(v[2] for v in stats.values()) / n
+    stages = {}
+    for label, module, name in STAGES:
+        cum = sum(v[3] for (file, _, func), v in stats.items() if func == name and file.endswith(module))
+        stages[label] = round(1e3 * cum / n * total_ms / profiled_ms, 2)
+    stages["the rest"] = round(total_ms - sum(stages.values()), 2)
+    return {"batches": n, "cpu_ms_per_batch": round(total_ms, 2), "stages_ms": stages}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +392,15 @@ def table(result: dict[str, Any]) -> str:
             f"{100 * row['fraction_of_bound_per_core']:.0f}% | {per_cpu:.0f} | "
             f"{100 * (row['fraction_of_bound_per_cpu_s'] or 0):.0f}% |"
         )
+    bound_ms = bound["ms_per_batch"]
+    lines += ["", f"where a batch's server CPU goes (ms; codec bound {bound_ms:.1f} ms per batch, "
+              f"so the 70% goal allows {bound_ms / 0.7:.1f} ms):", "",
+              "| variant | server | in-process | " + " | ".join(label for label, _, _ in STAGES) + " | the rest | HTTP etc. |",
+              "|---|" + "---:|" * (len(STAGES) + 4)]
+    for variant, b in result.get("breakdown", {}).items():
+        cells = [f"{b['stages_ms'][label]:.1f}" for label, _, _ in STAGES] + [f"{b['stages_ms']['the rest']:.1f}"]
+        lines.append(f"| {variant} | {b.get('server_cpu_ms_per_batch', float('nan')):.1f} | {b['cpu_ms_per_batch']:.1f} | "
+                     + " | ".join(cells) + f" | {b.get('http_and_rest_ms', float('nan')):.1f} |")
     return "\n".join(lines)
 
 
@@ -392,6 +469,16 @@ def _run(args: argparse.Namespace, levels: list[int], variants: list[str]) -> in
                 print(f"  {variant} x{level}: {row['images_per_s']} images/s, p50 {row['p50_ms']} ms, "
                       f"p99 {row['p99_ms']} ms, statuses {row['statuses']}", file=sys.stderr)
 
+    breakdown = {}
+    for variant in variants:
+        files, coco = load_batch(args.coco_mini, masks=variant == "masks")
+        breakdown[variant] = stage_breakdown(files, coco, fields, seconds=max(1.0, args.seconds / 2))
+        served = [r["images_per_server_cpu_s"] for r in rows if r["variant"] == variant and r["images_per_server_cpu_s"]]
+        if served:
+            server_ms = 1e3 * BATCH / statistics.median(served)
+            breakdown[variant]["server_cpu_ms_per_batch"] = round(server_ms, 2)
+            breakdown[variant]["http_and_rest_ms"] = round(server_ms - breakdown[variant]["cpu_ms_per_batch"], 2)
+
     result = {
         "benchmark": "bench/bench_service.py",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -403,6 +490,7 @@ def _run(args: argparse.Namespace, levels: list[int], variants: list[str]) -> in
                      "server_env": env, "photographs": [name for name, _ in files]},
         "codec_bound": bound,
         "levels": rows,
+        "breakdown": breakdown,
         "goal": "service images/s per core >= 70% of the codec bound per core (issue #5)",
     }
     args.out.write_text(json.dumps(result, indent=1) + "\n")

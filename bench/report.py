@@ -454,12 +454,26 @@ def render_service(name: str, data: dict[str, Any], plots: Plots) -> Section:
         section.add(f"Goal: {data['goal']}.", "")
     levels = data.get("levels", [])
     section.add(md_table(["variant", "concurrency", "images/s", "p50 ms", "p99 ms", "images/s per core",
-                          "of bound per core"],
+                          "of bound per core", "images per server CPU-s", "of bound per CPU-s"],
                          [[lv.get("variant", ""), lv.get("concurrency"), fmt(lv.get("images_per_s")),
                            fmt(lv.get("p50_ms")),
                            fmt(lv.get("p99_ms")), fmt(lv.get("images_per_s_per_core")),
                            _pct(None if lv.get("fraction_of_bound_per_core") is None
-                                else 100 * lv["fraction_of_bound_per_core"])] for lv in levels], "lrrrrrr"), "")
+                                else 100 * lv["fraction_of_bound_per_core"]),
+                           fmt(lv.get("images_per_server_cpu_s")),
+                           _pct(None if lv.get("fraction_of_bound_per_cpu_s") is None
+                                else 100 * lv["fraction_of_bound_per_cpu_s"])] for lv in levels], "lrrrrrrrr"), "")
+    breakdown = data.get("breakdown", {})
+    if breakdown:
+        stages = list(dict.fromkeys(k for b in breakdown.values() for k in b.get("stages_ms", {})))
+        budget = f", so the 70% goal allows {fmt(bound['ms_per_batch'] / 0.7)} ms" if bound.get("ms_per_batch") else ""
+        section.add(f"Where a batch's server CPU goes, in ms (codec bound {fmt(bound.get('ms_per_batch'))} ms per "
+                    f"batch{budget}); stages from cProfile of the service's own `run_mix` in one process, "
+                    "HTTP etc. = server CPU per batch under load minus that in-process total:", "")
+        section.add(md_table(["variant", "server", "in-process", *stages, "HTTP etc."],
+                             [[variant, fmt(b.get("server_cpu_ms_per_batch")), fmt(b.get("cpu_ms_per_batch")),
+                               *[fmt(b["stages_ms"].get(k)) for k in stages], fmt(b.get("http_and_rest_ms"))]
+                              for variant, b in breakdown.items()], "l" + "r" * (len(stages) + 3)), "")
     if levels:
         def draw(fig: Any) -> None:
             ax = fig.add_subplot(1, 2, 1)

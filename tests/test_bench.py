@@ -345,3 +345,36 @@ def test_report_on_an_empty_folder_lists_everything_as_missing(tmp_path):
                                         ("batchy.json", "other"), ("core-cpu.json", "core")])
 def test_kind_of(name, kind):
     assert report.kind_of(name) == kind
+
+
+# --------------------------------------------------------------------------------------------
+# bench_service: where a batch's time goes, and its report
+# --------------------------------------------------------------------------------------------
+
+
+def test_service_stage_breakdown_accounts_for_the_whole_batch():
+    bench_service = _load("bench_service")
+    coco_mini = REPO.parent / "shared" / "data" / "coco-mini"
+    files, coco = bench_service.load_batch(coco_mini, masks=True, size=2)
+    fields = {"recipe": "cutmix", "seed": 0, "output": {"format": "jpeg", "quality": 90}}
+    out = bench_service.stage_breakdown(files, coco, fields, seconds=0)
+    stages = out["stages_ms"]
+    assert out["batches"] >= 3 and out["cpu_ms_per_batch"] > 0
+    assert list(stages) == [label for label, _, _ in bench_service.STAGES] + ["the rest"]
+    # Every stage the service runs on a masks batch was found in the profile...
+    assert all(stages[label] > 0 for label, _, _ in bench_service.STAGES)
+    # ...and the stages with "the rest" add up to the plain total.
+    assert abs(sum(stages.values()) - out["cpu_ms_per_batch"]) < 0.05
+
+
+def test_report_renders_the_service_breakdown(tmp_path):
+    levels = [{"variant": "boxes", "concurrency": 4, "images_per_s": 300.0, "p50_ms": 100.0, "p99_ms": 150.0,
+               "images_per_s_per_core": 150.0, "fraction_of_bound_per_core": 0.4, "images_per_server_cpu_s": 190.0,
+               "fraction_of_bound_per_cpu_s": 0.5, "statuses": {"200": 10}}]
+    data = {"date": "x", "codec_bound": {"images_per_s_per_core": 380.0, "ms_per_batch": 21.0}, "levels": levels,
+            "breakdown": {"boxes": {"cpu_ms_per_batch": 40.0, "server_cpu_ms_per_batch": 42.1, "http_and_rest_ms": 2.1,
+                                    "stages_ms": {"decode": 12.5, "align partner": 7.5, "the rest": 20.0}}}}
+    text = report.render_service("service-cpu.json", data, report.Plots(tmp_path, tmp_path / "x.md", enabled=False)).render()
+    assert "| boxes | 4 | 300 | 100 | 150 | 150 | 40.0% | 190 | 50.0% |" in text
+    assert "so the 70% goal allows 30 ms" in text
+    assert "| boxes | 42.1 | 40 | 12.5 | 7.5 | 20 | 2.1 |" in text
