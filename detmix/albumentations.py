@@ -17,10 +17,11 @@ list of dicts with ``image`` and optionally ``bboxes``, the ``BboxParams`` label
 ``masks``. The partner's boxes go through the Compose's own bbox processor (its format and its label
 encoders), so boxes in any format and labels of any kind (ints, strings) come out right.
 
-Nothing here decides which box survives or what it weighs: the partner is brought onto the canvas
-by :func:`detmix.align_pair`, the parameters are drawn by :func:`detmix.sample_params` from the
-transform's ``random_generator`` (the numpy Generator that ``Compose(seed=...)`` seeds) and applied
-by :func:`detmix.apply_params`, so every rule is the core's.
+Nothing here decides which box survives or what it weighs: the parameters are drawn by
+:func:`detmix.sample_params` for the canvas of :func:`detmix.align_canvas` from the transform's
+``random_generator`` (the numpy Generator that ``Compose(seed=...)`` seeds) and applied by
+:func:`detmix.mix_pair`, which aligns the partner (only its cut box, for a CutMix) and applies the
+core's rules.
 
 How per-box values survive the rest of the pipeline
 ----------------------------------------------------
@@ -38,7 +39,7 @@ Both ride in the bbox array, so every later transform and every filter moves the
 ``masks`` must therefore hold one instance mask per box, in the order of ``bboxes``.
 
 Replay: the drawn :class:`~detmix.sampling.MixParams` (as a dict), the partner's index and the
-aligned partner are the transform's params, so ``ReplayCompose.replay`` repeats the mix exactly.
+prepared partner are the transform's params, so ``ReplayCompose.replay`` repeats the mix exactly.
 
 The transforms need ``albumentations==2.0.8`` (the last MIT release); see ``docs/albumentations.md``
 for what differs in AlbumentationsX.
@@ -68,8 +69,8 @@ if "get_params_dependent_on_data" in getattr(BasicTransform, "_removed_sampling_
         "get_params_dependent_on_data. Install albumentations==2.0.8 (see docs/albumentations.md)"
     )
 
-from detmix.align import align_pair, canvas_size
-from detmix.mix import apply_params
+from detmix.align import align_canvas, canvas_size
+from detmix.mix import mix_pair
 from detmix.recipes import Alpha, CutMixConfig, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
 from detmix.sampling import MixParams, sample_params
 
@@ -259,7 +260,7 @@ class _BoxMix(DualTransform):
         Returns:
             dict: ``mix`` (:meth:`MixParams.to_dict`, or None when no partner was given),
             ``partner_index``, ``partner_item`` (the partner as given, for replays) and ``partner``
-            (the aligned partner as a detmix sample, its boxes run through the Compose's processor).
+            (the partner as a detmix sample, its boxes run through the Compose's processor).
         """
         if "image" not in data:
             raise ValueError(f"{type(self).__name__} needs 'image' (a numpy array); 'images' batches are not supported")
@@ -270,12 +271,13 @@ class _BoxMix(DualTransform):
         index = int(self.random_generator.integers(len(items))) if len(items) > 1 else 0
         item = self._partner_item(items[index], index)
         partner = self._prepare_partner(item, index, data)
-        mix = sample_params(self.random_generator, self.recipe, *canvas_size(partner))
+        canvas = align_canvas(data["image"].shape[:2], canvas_size(partner, "partner"), self.align)
+        mix = sample_params(self.random_generator, self.recipe, *canvas)
         return {"mix": mix.to_dict(), "partner_index": index, "partner_item": item, "partner": partner}
 
     def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Mix the call's image, bboxes and masks with the partner in ``params``, by
-        :func:`detmix.apply_params`. Also the replay path of ``ReplayCompose``."""
+        :func:`detmix.mix_pair`. Also the replay path of ``ReplayCompose``."""
         if not params or params.get("mix") is None:
             return dict(kwargs)
         self._check_targets(kwargs)
@@ -297,8 +299,8 @@ class _BoxMix(DualTransform):
             partner.pop("masks", None)
         columns = _merge_columns(primary_columns, partner_columns, self.metadata_key, params.get("partner_index"))
         primary["columns"], partner["columns"] = columns
-        primary, partner = align_pair(primary, partner, self.align, fill=self.fill)
-        out = apply_params(primary, partner, MixParams.from_dict(params["mix"]), self.recipe, box_keys=("columns",))
+        out = mix_pair(primary, partner, MixParams.from_dict(params["mix"]), self.recipe, fill=self.fill,
+                       box_keys=("columns",))
 
         result = dict(kwargs)
         result["image"] = np.ascontiguousarray(out["image"])
@@ -357,8 +359,9 @@ class _BoxMix(DualTransform):
         return {key: item[key] for key in ("image", "bboxes", "masks", *fields) if key in item}
 
     def _prepare_partner(self, item: Mapping[str, Any], index: int, data: Mapping[str, Any]) -> dict[str, Any]:
-        """The partner as a detmix sample on the aligned canvas, its boxes run through the Compose's
-        processor (format, label encoders, hidden columns) and its masks in box order."""
+        """The partner as a detmix sample on its own canvas (aligned when applied, see
+        :func:`detmix.mix_pair`), its boxes run through the Compose's processor (format, label
+        encoders, hidden columns) and its masks in box order."""
         where = f"{self.metadata_key}[{index}]"
         image, primary = item.get("image"), data["image"]
         if not isinstance(image, np.ndarray):
@@ -393,8 +396,7 @@ class _BoxMix(DualTransform):
             masks = np.stack(masks) if len(masks) else np.zeros((0, *image.shape[:2]), np.uint8)
         sample, columns = _to_sample(image, rows, masks, f"{where}['masks']")
         sample["columns"] = columns
-        primary_stub = {"image": primary, "boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}
-        return align_pair(primary_stub, sample, self.align, fill=self.fill)[1]
+        return sample
 
 
 def _preprocess(processor: BboxProcessor, temp: dict[str, Any], where: str) -> np.ndarray:
