@@ -272,7 +272,7 @@ def decode_masks(annotations: Sequence[Mapping[str, Any]], height: int, width: i
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             rle = segmentation
-        masks[k] = decode_rle(rle)
+        decode_rle(rle, out=masks[k])
     return masks
 
 

@@ -16,8 +16,8 @@ the image pixels of a shape are exactly its mask's pixels. Sizes span COCO's sma
 large buckets.
 
 :func:`default_dataset` generates the default dataset once into a cache directory and reuses it.
-:func:`encode_rle` and :func:`decode_rle` are numpy versions of pycocotools' compressed RLE, for
-code that must run without pycocotools.
+:func:`encode_rle` (:func:`encode_rles` for a stack of masks) and :func:`decode_rle` are numpy
+versions of pycocotools' compressed RLE, vectorised, for code that must run without pycocotools.
 
 All randomness comes from ``np.random.default_rng(seed)``: the same arguments give byte-identical
 files. This module needs numpy and Pillow only.
@@ -46,6 +46,7 @@ __all__ = [
     "decode_rle",
     "default_dataset",
     "encode_rle",
+    "encode_rles",
     "make_synthetic_coco",
 ]
 
@@ -116,31 +117,38 @@ def encode_rle(mask: Any) -> dict[str, Any]:
     array = np.asarray(mask)
     if array.ndim != 2:
         raise ValueError(f"mask must have shape (H, W), got shape {array.shape}")
-    if not (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"mask must be bool or integer, got dtype {array.dtype}")
-    height, width = array.shape
-    flat = array.ravel(order="F") != 0  # column-major, like COCO
-    if flat.size == 0:
-        counts = [0]
-    else:
-        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-        edges = np.concatenate(([0], changes, [flat.size]))
-        counts = np.diff(edges).tolist()
-        if flat[0]:
-            counts.insert(0, 0)  # runs start with zeros
-    return {"size": [int(height), int(width)], "counts": _counts_to_string(counts)}
+    _check_mask_dtype(array, "mask")
+    return _encode(array[None])[0]
 
 
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+def encode_rles(masks: Any) -> list[dict[str, Any]]:
+    """:func:`encode_rle` of each of a stack of masks, computed for all of them at once.
+
+    Args:
+        masks (array-like): (N, H, W) bool or integer masks; non-zero pixels are foreground.
+
+    Returns:
+        list of dict: N times ``{"size": [H, W], "counts": str}``, as :func:`encode_rle` gives.
+    """
+    array = np.asarray(masks)
+    if array.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got shape {array.shape}")
+    _check_mask_dtype(array, "masks")
+    return _encode(array)
+
+
+def decode_rle(rle: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
     """Decode a COCO RLE to a mask, as ``pycocotools.mask.decode`` does.
 
     Args:
         rle (dict): ``{"size": [H, W], "counts": ...}`` with compressed counts (str or bytes, as
             written by :func:`encode_rle` and pycocotools) or uncompressed counts (a list of run
             lengths, as in COCO's crowd annotations).
+        out (np.ndarray, optional): (H, W) uint8 array to write the mask into, e.g. one row of a
+            stack of masks (saves a copy).
 
     Returns:
-        np.ndarray: (H, W) uint8 mask of 0 and 1.
+        np.ndarray: (H, W) uint8 mask of 0 and 1 (``out`` when given).
     """
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise TypeError(f"rle must be a dict with 'size' and 'counts', got {_describe(rle)}")
@@ -152,66 +160,133 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     ):
         raise ValueError(f"rle['size'] must be [height, width] of non-negative ints, got {size!r}")
     height, width = int(size[0]), int(size[1])
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != (height, width) or out.dtype != np.uint8):
+        raise ValueError(f"out must be a {height}x{width} uint8 numpy array, got {_describe(out)}")
     counts = rle["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii", errors="replace")
     if isinstance(counts, str):
         runs = _string_to_counts(counts)
+        total = int(runs.sum())
     elif isinstance(counts, (list, tuple)) and all(_is_int(v) and v >= 0 for v in counts):
         runs = [int(v) for v in counts]
+        total = sum(runs)
     else:
         raise TypeError(
             f"rle['counts'] must be a compressed string or a list of non-negative ints, got {_describe(counts)}"
         )
-    if sum(runs) != height * width:
+    if total != height * width:
         raise ValueError(
             f"rle['counts'] must cover the {height}x{width} mask ({height * width} pixels), "
-            f"got runs summing to {sum(runs)}"
+            f"got runs summing to {total}"
         )
     values = np.arange(len(runs), dtype=np.uint8) % 2  # runs alternate 0, 1, 0, ...
-    flat = np.repeat(values, runs)
-    return np.ascontiguousarray(flat.reshape(width, height).T)
+    columns = np.repeat(values, np.asarray(runs, dtype=np.int64)).reshape(width, height)  # column-major
+    if out is None:
+        return np.ascontiguousarray(columns.T)
+    out[...] = columns.T
+    return out
 
 
-def _counts_to_string(counts: list[int]) -> str:
-    # Each count (minus the count two before it, from the fourth on) is written 5 bits a
-    # character, least significant first, in ASCII 48..111; bit 0x20 says another character follows.
-    chars = []
-    for i, count in enumerate(counts):
-        x = count - counts[i - 2] if i > 2 else count
-        while True:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            chars.append(chr(c + 48 + (0x20 if more else 0)))
-            if not more:
-                break
-    return "".join(chars)
+def _check_mask_dtype(array: np.ndarray, name: str) -> None:
+    if not (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)):
+        raise TypeError(f"{name} must be bool or integer, got dtype {array.dtype}")
 
 
-def _string_to_counts(string: str) -> list[int]:
-    counts: list[int] = []
-    p = 0
-    while p < len(string):
-        x, k, more = 0, 0, True
-        while more:
-            if p == len(string):
-                raise ValueError("rle['counts'] is cut short: its last character announces one more")
-            c = ord(string[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"rle['counts'] must use characters '0'..'o', got {string[p]!r} at {p}")
-            x |= (c & 0x1F) << 5 * k
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << 5 * k
-        if len(counts) > 2:
-            x += counts[-2]
-        if x < 0:
-            raise ValueError(f"rle['counts'] decodes to a negative run ({x}) at run {len(counts)}")
-        counts.append(x)
-    return counts
+def _encode(masks: np.ndarray) -> list[dict[str, Any]]:
+    """:func:`encode_rles` of checked (N, H, W) masks: the runs of every mask from where its
+    pixels change, found with whole-stack comparisons in the masks' own (row-major) layout."""
+    count, height, width = masks.shape
+    area = height * width
+    binary = (
+        masks.dtype == np.bool_
+        or masks.size == 0
+        or (masks.max() <= 1 and (masks.dtype.kind == "u" or masks.min() >= 0))
+    )
+    on = masks if binary else masks != 0  # 0/1 masks are compared as they are
+    # COCO numbers pixel (y, x) x * H + y (column-major). A run starts at every pixel that
+    # differs from the one before it in that order: the pixel above, for y = 0 the bottom pixel
+    # of the previous column, for the first pixel the background (a first run of length 0).
+    # Mask k's pixels are numbers k * H * W + ..., so the runs of all masks come out of one sort.
+    starts = [np.arange(count + 1, dtype=np.int64) * area]  # where each mask starts, and the end
+    if area:
+        inner = np.flatnonzero(on[:, 1:, :] != on[:, :-1, :])  # (N, H - 1, W), row-major
+        k, rest = np.divmod(inner, max((height - 1) * width, 1))
+        y, x = np.divmod(rest, width)
+        starts.append(k * area + x * height + y + 1)
+        top = np.flatnonzero(on[:, 0, 1:] != on[:, -1, :-1])  # (N, W - 1)
+        k, x = np.divmod(top, max(width - 1, 1))
+        starts.append(k * area + (x + 1) * height)
+        starts.append(np.flatnonzero(on[:, 0, 0]) * area)
+    edges = np.sort(np.concatenate(starts))
+    counts = np.diff(edges)  # the runs of mask 0, then of mask 1, ...
+    owner = edges[:-1] // area if area else np.arange(count)
+    first = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=count))))
+    strings = _counts_to_strings(counts, first)
+    return [{"size": [int(height), int(width)], "counts": text} for text in strings]
+
+
+def _counts_to_strings(counts: np.ndarray, first: np.ndarray) -> list[str]:
+    """rleToString of several masks at once: mask k's runs are ``counts[first[k]:first[k + 1]]``."""
+    # From a mask's fourth run on, the run minus the run two before it is written.
+    index = np.arange(len(counts)) - np.repeat(first[:-1], np.diff(first))
+    values = counts.copy()
+    values[2:] -= np.where(index[2:] > 2, counts[:-2], 0)
+    # Each value is written 5 bits a character, least significant first, in as few characters as
+    # hold it as a signed number (bit length // 5 + 1), in ASCII 48..111; bit 0x20 says another
+    # character follows.
+    magnitude = np.where(values < 0, ~values, values)
+    length = np.frexp(magnitude.astype(np.float64))[1].astype(np.int64) // 5 + 1
+    value = np.repeat(np.arange(len(values)), length)
+    end = np.cumsum(length)
+    place = np.arange(len(value)) - np.repeat(end - length, length)
+    chars = (values[value] >> 5 * place) & 0x1F | np.where(place < length[value] - 1, 0x20, 0)
+    text = (chars + 48).astype(np.uint8).tobytes().decode("ascii")
+    bounds = np.concatenate(([0], end))[first].tolist()
+    return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _string_to_counts(string: str) -> np.ndarray:
+    """rleFrString, all characters at once, refusing what the C code would misread: the runs
+    (int64, or Python ints where they would not fit) with the error the first bad value,
+    character or the end of the string calls for, in reading order."""
+    chars = np.frombuffer(string.encode("utf-32-le"), dtype=np.uint32) - np.uint32(48)  # '0'..'o' -> 0..63
+    bad = len(chars) if not len(chars) or chars.max() < 64 else int(np.argmax(chars >= 64))
+    ends = np.flatnonzero(chars[:bad] < 32)  # the last character of each value read: bit 0x20 clear
+    runs = _runs(chars, ends, np.int64)
+    if runs is None:
+        runs = _runs(chars, ends, object)
+    if len(runs) and runs.min() < 0:
+        i = int(np.argmax(runs < 0))
+        raise ValueError(f"rle['counts'] decodes to a negative run ({runs[i]}) at run {i}")
+    if bad < len(chars):
+        raise ValueError(f"rle['counts'] must use characters '0'..'o', got {string[bad]!r} at {bad}")
+    if len(chars) and chars[-1] >= 32:
+        raise ValueError("rle['counts'] is cut short: its last character announces one more")
+    return runs
+
+
+def _runs(chars: np.ndarray, ends: np.ndarray, dtype: Any) -> np.ndarray | None:
+    """The runs of the values ending at ``ends``, computed in ``dtype``; None when int64 could
+    overflow (values of over 12 characters, or sums that could pass 2**62)."""
+    if len(ends) == 0:
+        return np.zeros(0, dtype=dtype)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends + 1 - starts
+    if dtype is not object and lengths.max() > 12:
+        return None
+    used = chars[: ends[-1] + 1]
+    place = np.arange(len(used)) - np.repeat(starts, lengths)
+    # 5 bits a character, least significant first. Bit 0x10 of the last one is the sign: C ORs
+    # -1 << 5k into a value below 2**5k, which is subtracting 2**5k.
+    values = np.add.reduceat((used & 0x1F).astype(dtype) << (5 * place).astype(dtype), starts)
+    values -= (used[ends] >= 16).astype(dtype) << (5 * lengths).astype(dtype)
+    if dtype is not object and len(values) * float(np.abs(values).sum(dtype=np.float64)) >= 2.0**62:
+        return None
+    # From the fourth run on, a value is the run minus the run two before it.
+    values[1::2] = np.cumsum(values[1::2])
+    values[2::2] = np.cumsum(values[2::2])
+    return values
 
 
 # --------------------------------------------------------------------------------------------

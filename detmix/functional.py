@@ -127,14 +127,25 @@ def _binary(masks: Any) -> Any:
     return on.view(xp.uint8)
 
 
+def _pixel_counts(on: Any) -> Any:
+    """``(N,)`` int64 pixel counts of ``(N, H, W)`` 0/1 uint8 masks. Rows are summed in int16
+    when they fit (several times faster than int32 on numpy and on torch's CPU), then the rows
+    in int64: exact either way."""
+    xp = array_namespace(on)
+    rows = xp.sum(on, axis=2, dtype=xp.int16 if on.shape[2] < 2**15 else xp.int32)
+    return xp.sum(rows, axis=1, dtype=xp.int64)
+
+
 def masks_to_boxes(masks: Any, dtype: Any = None) -> Any:
     """Tight xyxy boxes of ``(N, H, W)`` masks in COCO's convention (as pycocotools ``toBbox``:
     right and bottom edges one past the last pixel). Empty masks give ``(0, 0, 0, 0)``."""
     xp = array_namespace(masks)
     _, height, width = masks.shape
-    on = _binary(masks)
-    cols = xp.max(on, axis=1)  # (N, W) 0/1
-    rows = xp.max(on, axis=2)  # (N, H) 0/1
+    # uint8 masks are reduced as they are (non-zero is foreground) and only their (N, W) and
+    # (N, H) profiles are made 0/1, which saves a pass over the masks.
+    on = masks if masks.dtype == xp.uint8 else _binary(masks)
+    cols = xp.astype(xp.max(on, axis=1) != 0, xp.uint8)  # (N, W) 0/1
+    rows = xp.astype(xp.max(on, axis=2) != 0, xp.uint8)  # (N, H) 0/1
     x1 = xp.argmax(cols, axis=1)
     x2 = width - xp.argmax(xp.flip(cols, axis=1), axis=1)
     y1 = xp.argmax(rows, axis=1)
@@ -150,7 +161,9 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[
 
     Args:
         masks: ``(N, H, W)`` bool or uint8 (any non-zero value is foreground).
-        cut: ``(4,)`` or ``(N, 4)`` cut box(es).
+        cut: four ints ``(x1, y1, x2, y2)``, one cut box for all masks, applied by a copy and a
+            slice assignment; or an array of shape ``(4,)`` or ``(N, 4)``, applied with
+            ``where`` so that no coordinate has to leave the device. Both give the same result.
         pasted: ``(N,)`` bool as in :func:`cutmix_boxes`.
         dtype: float dtype of the returned boxes and visibility (default float32).
 
@@ -163,17 +176,38 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[
     xp = array_namespace(masks)
     dtype = dtype if dtype is not None else xp.float32
     _, height, width = masks.shape
-    region = region_mask(cut, height, width)
-    if region.ndim == 2:
-        region = region[None]
     on = _binary(masks)
-    keep = on & xp.astype(region == pasted[:, None, None], xp.uint8)
-    before = xp.astype(xp.sum(xp.sum(on, axis=2, dtype=xp.int32), axis=1), dtype)
-    after = xp.astype(xp.sum(xp.sum(keep, axis=2, dtype=xp.int32), axis=1), dtype)
+    before = _pixel_counts(on)
+    if isinstance(cut, (tuple, list)):
+        keep, after = _cut_window(on, cut, pasted, before)
+    else:
+        region = region_mask(cut, height, width)
+        if region.ndim == 2:
+            region = region[None]
+        keep = on & xp.astype(region == pasted[:, None, None], xp.uint8)
+        after = _pixel_counts(keep)
+    before, after = xp.astype(before, dtype), xp.astype(after, dtype)
     safe = xp.where(before > 0, before, xp.ones_like(before))
     visibility = xp.where(before > 0, after / safe, xp.zeros_like(before))
     new_masks = keep if masks.dtype == xp.uint8 else keep.view(xp.bool)
     return new_masks, visibility, masks_to_boxes(keep, dtype)
+
+
+def _cut_window(on: Any, cut: Sequence[int], pasted: Any, before: Any) -> tuple[Any, Any]:
+    """:func:`cutmix_masks` for one cut box of four ints: the kept pixels of 0/1 uint8 masks
+    ``on`` (a copy with a window assigned, no full-size region map) and their counts (the
+    pixels in the window counted, ``before`` the counts of ``on``). The box is clipped to the
+    canvas as the region map clips it."""
+    xp = array_namespace(on)
+    _, height, width = on.shape
+    x1, x2 = (min(max(int(v), 0), width) for v in (cut[0], cut[2]))
+    y1, y2 = (min(max(int(v), 0), height) for v in (cut[1], cut[3]))
+    window = (slice(None), slice(y1, y2), slice(x1, x2))
+    inside = on[window]
+    keep = on * xp.astype(~pasted, xp.uint8)[:, None, None]  # outside the cut: only the others
+    keep[window] = inside * xp.astype(pasted, xp.uint8)[:, None, None]  # inside it: only the pasted
+    within = _pixel_counts(inside)
+    return keep, xp.where(pasted, within, before - within)
 
 
 def drop_reasons(
@@ -423,7 +457,10 @@ def cutmix(
 
     masks = None
     if pa.masks is not None:
-        masks, visibility, boxes = cutmix_masks(_concat_pair(xp, pa.masks, pb.masks), cut, pasted, dtype)
+        # a's masks and b's apart, then the results joined: faster than cutting their concatenation.
+        part_a = cutmix_masks(pa.masks, (x1, y1, x2, y2), pasted[: pa.num_boxes], dtype)
+        part_b = cutmix_masks(pb.masks, (x1, y1, x2, y2), pasted[pa.num_boxes :], dtype)
+        masks, visibility, boxes = (_concat_pair(xp, u, v) for u, v in zip(part_a, part_b))
     else:
         boxes, visibility = cutmix_boxes(boxes, cut, pasted)
     reason = drop_reasons(boxes, visibility, min_visibility=min_visibility, min_area=min_area, min_size=min_size)

@@ -34,7 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from detmix.coco import decode_masks
-from detmix.data import decode_rle, encode_rle
+from detmix.data import decode_rle, encode_rles
 from detmix_service.errors import ErrorItem, InvalidInput, UnsupportedMediaType
 
 __all__ = [
@@ -487,16 +487,12 @@ def instance_masks(annotations: Sequence[CocoAnnotation], height: int, width: in
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
-    """Compressed COCO RLEs (``counts`` a str) of ``(N, H, W)`` masks: pycocotools when it is
-    installed, else :func:`detmix.data.encode_rle` (the same strings)."""
+    """Compressed COCO RLEs (``counts`` a str) of ``(N, H, W)`` masks, by
+    :func:`detmix.data.encode_rles`: the strings of ``pycocotools.mask.encode``, computed from the
+    masks as they lie, without pycocotools' column-major copy of them."""
     if len(masks) == 0:
         return []
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError:  # pragma: no cover - the service extra installs pycocotools
-        return [encode_rle(mask) for mask in masks]
-    rles = mask_utils.encode(np.asfortranarray(np.moveaxis(masks.astype(np.uint8, copy=False), 0, -1)))
-    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
+    return encode_rles(masks)
 
 
 def clip_box(bbox: Sequence[float], width: int, height: int) -> list[float]:
