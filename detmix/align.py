@@ -54,35 +54,34 @@ def _with(sample: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return out
 
 
+def _on_canvas(p: Parsed, source: Any, shape: tuple[int, ...], rows: slice, cols: slice, fill: float) -> Any:
+    """A ``fill`` canvas of ``shape`` (``p``'s layout and dtype) holding ``source[rows, cols]``
+    at the same place."""
+    xp = p.xp
+    out = xp.full(shape, fill, dtype=source.dtype, device=getattr(source, "device", None))
+    if p.layout == "CHW":
+        out[:, rows, cols] = source[:, rows, cols]
+    else:
+        out[rows, cols, ...] = source[rows, cols, ...]
+    return out
+
+
 def _pad_image(p: Parsed, height: int, width: int, fill: float, window: Window | None = None) -> Any:
     """``p``'s image top-left on a ``fill`` canvas; with ``window``, only its pixels inside it."""
-    xp = p.xp
     if p.layout == "CHW":
         shape = (p.image.shape[0], height, width)
     elif p.layout == "HWC":
         shape = (height, width, p.image.shape[2])
     else:
         shape = (height, width)
-    out = xp.full(shape, fill, dtype=p.image.dtype, device=getattr(p.image, "device", None))
     x1, y1, x2, y2 = (0, 0, p.width, p.height) if window is None else window
-    rows, cols = slice(y1, min(y2, p.height)), slice(x1, min(x2, p.width))
-    if p.layout == "CHW":
-        out[:, rows, cols] = p.image[:, rows, cols]
-    else:
-        out[rows, cols, ...] = p.image[rows, cols, ...]
-    return out
+    return _on_canvas(p, p.image, shape, slice(y1, min(y2, p.height)), slice(x1, min(x2, p.width)), fill)
 
 
 def _only_window(p: Parsed, image: Any, window: Window, fill: float) -> Any:
     """A ``fill`` canvas like ``image`` holding ``image``'s pixels inside ``window`` only."""
-    xp = p.xp
     x1, y1, x2, y2 = window
-    out = xp.full(image.shape, fill, dtype=image.dtype, device=getattr(image, "device", None))
-    if p.layout == "CHW":
-        out[:, y1:y2, x1:x2] = image[:, y1:y2, x1:x2]
-    else:
-        out[y1:y2, x1:x2, ...] = image[y1:y2, x1:x2, ...]
-    return out
+    return _on_canvas(p, image, tuple(image.shape), slice(y1, y2), slice(x1, x2), fill)
 
 
 def _source_lines(lo: int, hi: int, src: int, dst: int) -> tuple[int, int]:
