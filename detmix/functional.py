@@ -25,7 +25,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace, device, is_numpy_array
 
 from detmix._sample import Parsed, check_pair, parse_sample, split_extras
 
@@ -288,13 +288,50 @@ def mixup_image(a: Any, b: Any, lam: Any) -> Any:
     ``a`` (one value per image of a batch)."""
     xp = array_namespace(a)
     if a.dtype == xp.uint8:
-        mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
-        return xp.astype(xp.clip(xp.round(mixed), min=0, max=255), xp.uint8)
+        if _by_table(a, b, lam):
+            return _mixup_uint8_by_table(xp, a, b, lam)
+        return _mixup_uint8(xp, a, b, lam)
     if a.dtype in (xp.float32, xp.float64):
         return lam * a + (1 - lam) * b
     # float16 / bfloat16: blend in float32, store in the input dtype.
     mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
     return xp.astype(mixed, a.dtype)
+
+
+#: Below this many values a uint8 MixUp is blended directly: the table costs 65,536 of them.
+_TABLE_MIN_SIZE = 1 << 18
+
+
+def _mixup_uint8(xp: Any, a: Any, b: Any, lam: Any) -> Any:
+    """The uint8 blend: float32, rounded half to even, clipped."""
+    mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
+    return xp.astype(xp.clip(xp.round(mixed), min=0, max=255), xp.uint8)
+
+
+def _by_table(a: Any, b: Any, lam: Any) -> bool:
+    """A large numpy pair of one shape and a scalar ``lam``: :func:`_mixup_uint8_by_table`."""
+    return (
+        is_numpy_array(a)
+        and is_numpy_array(b)
+        and b.dtype == a.dtype
+        and b.shape == a.shape
+        and isinstance(lam, numbers.Real)
+        and not isinstance(lam, bool)
+        and a.size >= _TABLE_MIN_SIZE
+    )
+
+
+def _mixup_uint8_by_table(xp: Any, a: Any, b: Any, lam: Any) -> Any:
+    """:func:`_mixup_uint8` looked up: the blend evaluated once for each of the 65,536 pairs of
+    levels, then indexed by ``a * 256 + b``. Each output value is the same float32 expression of
+    the same two levels, so the result is bit for bit the direct one; a photograph takes about
+    40% of the time (four passes over the pixels instead of eight)."""
+    levels = xp.arange(256, dtype=xp.uint8)
+    table = xp.reshape(_mixup_uint8(xp, levels[:, None], levels[None, :], lam), (-1,))
+    index = xp.astype(a, xp.uint16)
+    index <<= 8
+    index |= b
+    return xp.reshape(xp.take(table, xp.reshape(index, (-1,))), a.shape)
 
 
 # --------------------------------------------------------------------------------------------

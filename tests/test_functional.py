@@ -60,6 +60,42 @@ def test_mixup_pixels_rounded_without_overflow():
     assert (F.mixup(a, b, lam=0.3)["image"] == 255).all()
 
 
+def _blend_reference(a, b, lam):
+    """The uint8 MixUp as numpy computes it written out: float32, half to even, clipped."""
+    mixed = lam * a.astype(np.float32) + (1 - lam) * b.astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("lam", [0.37, 0.5, 1 / 3, np.float64(0.61), np.float32(0.2), 0, 1, 1e-7])
+def test_mixup_uint8_table_equals_the_direct_blend_for_every_pair_of_levels(lam, monkeypatch):
+    levels = np.arange(256, dtype=np.uint8)
+    a, b = np.repeat(levels, 256).reshape(256, 256), np.tile(levels, 256).reshape(256, 256)
+    taken = []
+    by_table = F._mixup_uint8_by_table
+    monkeypatch.setattr(F, "_mixup_uint8_by_table", lambda *args: taken.append(1) or by_table(*args))
+    monkeypatch.setattr(F, "_TABLE_MIN_SIZE", 0)
+    out = F.mixup_image(a, b, lam)
+    assert taken, "the table path was not taken"
+    assert out.dtype == np.uint8 and out.shape == a.shape
+    np.testing.assert_array_equal(out, _blend_reference(a, b, lam))
+
+
+def test_mixup_uint8_photograph_goes_through_the_table_and_matches(monkeypatch):
+    rng = np.random.default_rng(5)
+    a, b = (rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2))
+    taken = []
+    by_table = F._mixup_uint8_by_table
+    monkeypatch.setattr(F, "_mixup_uint8_by_table", lambda *args: taken.append(1) or by_table(*args))
+    np.testing.assert_array_equal(F.mixup_image(a, b, 0.4183), _blend_reference(a, b, 0.4183))
+    assert taken
+    taken.clear()  # per-image lam, broadcast partner, small image: the direct blend
+    lam = np.array([0.3], dtype=np.float32)[:, None, None]
+    np.testing.assert_array_equal(F.mixup_image(a, b, lam), _blend_reference(a, b, lam))
+    np.testing.assert_array_equal(F.mixup_image(a, b[:1], 0.3), _blend_reference(a, b[:1], 0.3))
+    np.testing.assert_array_equal(F.mixup_image(a[:8], b[:8], 0.3), _blend_reference(a[:8], b[:8], 0.3))
+    assert not taken
+
+
 def test_mixup_float_images_blend_exactly():
     a = make_sample(3, 3, fill=0, dtype=np.float32)
     b = make_sample(3, 3, fill=0, dtype=np.float32)
