@@ -67,6 +67,21 @@ def test_right_api_key_and_open_health(keyed):
     assert 'detmix_rejections_total{reason="unauthorized"}' in keyed.get("/metrics").text
 
 
+@pytest.mark.parametrize("given", [KEY, "another-key-2", "wrong-key"])
+def test_api_keys_are_compared_in_constant_time_against_every_key(keyed, monkeypatch, given):
+    """No early exit that would tell by its timing which key (or how much of it) matched: every
+    configured key goes through ``hmac.compare_digest``, for a right key and for a wrong one."""
+    import detmix_service.deps as deps
+
+    compared = []
+    real = deps.hmac.compare_digest
+    monkeypatch.setattr(deps.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    status = keyed.get("/v1/recipes", headers={"X-API-Key": given}).status_code
+    assert status == (401 if given == "wrong-key" else 200)
+    assert sorted(b for _, b in compared) == sorted([KEY.encode(), b"another-key-2"])
+    assert {a for a, _ in compared} == {given.encode()}
+
+
 def test_api_keys_from_the_environment(monkeypatch, data_dir):
     monkeypatch.setenv("DETMIX_API_KEYS", "first-key-1, second-key-2")
     assert [k.get_secret_value() for k in Settings(data_dir=data_dir).api_keys] == ["first-key-1", "second-key-2"]
