@@ -3,7 +3,10 @@
 A recipe names which mixes may happen and with which parameters, in timm's terms: ``prob`` is
 the probability that a sample is mixed at all, ``switch_prob`` the probability of CutMix rather
 than MixUp when both are configured. The same models validate the REST API's inline recipes, so
-every numeric field is bounded and NaN/inf are refused.
+every numeric field is bounded, NaN/inf are refused, and a number must be written as one: a
+string such as ``"0.5"`` or a boolean is an error, not coerced. Recipe files read numbers as
+YAML 1.2 does, so ``1e-3`` and ``1.0e3`` are numbers (PyYAML alone, YAML 1.1, reads them as
+strings).
 
 Example (``configs/recipes/deit.yaml``)::
 
@@ -17,16 +20,19 @@ Example (``configs/recipes/deit.yaml``)::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 __all__ = ["CutMixConfig", "MixUpConfig", "Recipe", "builtin_recipes", "load_recipe", "recipes_dir"]
 
-Unit = Annotated[float, Field(ge=0.0, le=1.0)]
-Alpha = Annotated[float, Field(gt=0.0, le=100.0, description="Beta(alpha, alpha) concentration")]
+#: Numbers are strict: ints and floats pass, strings and booleans do not (``alpha: yes`` is no 1.0).
+Number = Annotated[float, Strict()]
+Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
+Alpha = Annotated[Number, Field(gt=0.0, le=100.0, description="Beta(alpha, alpha) concentration")]
 WeightModeField = Literal["visibility", "lam", "hard"]
 
 
@@ -60,8 +66,8 @@ class CutMixConfig(_MixConfig):
     """CutMix parameters; the thresholds are those of :func:`detmix.functional.cutmix`."""
 
     min_visibility: Unit = 0.0
-    min_area: Annotated[float, Field(ge=0.0, le=1e8)] = 0.0
-    min_size: Annotated[float, Field(ge=0.0, le=1e4)] = 1.0
+    min_area: Annotated[Number, Field(ge=0.0, le=1e8)] = 0.0
+    min_size: Annotated[Number, Field(ge=0.0, le=1e4)] = 1.0
 
 
 class Recipe(_Strict):
@@ -84,6 +90,17 @@ class Recipe(_Strict):
         return self
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: an exponent needs neither a dot nor a sign."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def recipes_dir() -> Path:
     """Where the named recipes live: ``$DETMIX_RECIPES_DIR`` or the project's
     ``configs/recipes``."""
@@ -95,7 +112,7 @@ def recipes_dir() -> Path:
 
 def _read(path: Path) -> Recipe:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ValueError(f"recipe file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

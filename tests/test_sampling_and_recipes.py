@@ -98,6 +98,9 @@ def test_builtin_recipes_are_the_documented_ones():
         ({"cutmix": {"lam_clamp": [0.7, 0.3]}}, r"lam_clamp must be \[low, high\] with low <= high"),
         ({"prob": 1.1, "mixup": {}}, r"prob\n  Input should be less than or equal to 1"),
         ({"mixup": {"alpah": 1}}, r"mixup.alpah\n  Extra inputs are not permitted"),
+        ({"mixup": {"alpha": "2"}}, r"mixup.alpha\n  Input should be a valid number"),
+        ({"prob": True, "mixup": {}}, r"prob\n  Input should be a valid number"),
+        ({"cutmix": {"min_area": "1e3"}}, r"cutmix.min_area\n  Input should be a valid number"),
         ({}, r"a recipe needs 'mixup', 'cutmix' or both"),
         ({"mixup": {}, "align": "crop"}, r"align\n  Input should be 'pad' or 'resize'"),
     ],
@@ -116,6 +119,13 @@ def test_recipe_files_and_names(tmp_path):
         load_recipe(path)
     with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'deit', 'mixup'.*got 'nope'"):
         load_recipe("nope")
+    path.write_text("cutmix: {min_area: '1000', alpha: yes}\n")  # a string and a boolean: no numbers
+    with pytest.raises(ValueError, match=r"(?s)cutmix.alpha\n  Input should be a valid number.*"
+                                         r"cutmix.min_area\n  Input should be a valid number"):
+        load_recipe(path)
+    for text in ("1e3", "1.0e3", "1.0e+3", "1000", "10_00.0"):  # YAML 1.2 numbers (1.1 reads the first two as strings)
+        path.write_text(f"cutmix: {{min_area: {text}, alpha: 1}}\n")
+        assert load_recipe(path).cutmix.min_area == 1000.0 and load_recipe(path).cutmix.alpha == 1.0, text
 
 
 # ---------------------------------------------------------------- alignment
