@@ -24,6 +24,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from detmix import MixParams, align_pair, apply_params, load_recipe
+from detmix.functional import DropReason
 from detmix.data import decode_rle
 
 import detmix_service
@@ -121,8 +122,21 @@ def check_against_core(body: dict, answer: dict, recipe_name: str, masks: bool =
                 assert "segmentation" not in ann and ann["area"] == pytest.approx((x2 - x1) * (y2 - y1))
             boxes_checked += 1
         dropped = [d for d in answer["dropped"] if d["image_id"] == image["id"]]
-        in_play = [s for s in out["dropped"]["source"] if mix["params"]["mode"] != "none" or s == 0]
-        assert len(dropped) == len(in_play)
+        expected = []
+        lost = out["dropped"]
+        for source, row, visibility, reason in zip(lost["source"], lost["index"], lost["visibility"], lost["reason"]):
+            if mix["params"]["mode"] == "none" and source == 1:
+                continue  # a batch of one: nothing of the partner was in play
+            origin = (a, b)[int(source)]
+            expected.append({
+                "image_id": image["id"],
+                "source_image_id": (mix["image_id"], mix["partner_id"])[int(source)],
+                "source_annotation_id": int(origin["ann_id"][row]),
+                "category_id": int(origin["labels"][row]),
+                "visibility": pytest.approx(float(visibility), abs=1e-12),
+                "reason": DropReason(int(reason)).name.lower(),
+            })
+        assert dropped == expected
     return boxes_checked
 
 

@@ -7,6 +7,7 @@ import base64
 import json
 
 import pytest
+from pycocotools import mask as mask_utils
 
 from .servicekit import check_against_core
 
@@ -35,6 +36,32 @@ def test_photographs_mix_as_the_core_does(client, photo_batch, recipe):
     assert len(answer["images"]) == 6
     assert check_against_core(body, answer, recipe, masks=True) > 20
     assert {a["iscrowd"] for a in answer["annotations"]} == {0, 1}  # crowd regions mixed like the rest
+    if recipe == "cutmix":
+        assert answer["dropped"], "no annotation dropped: the check of the dropped list proves nothing"
+
+
+def test_every_segmentation_encoding_gives_the_same_answer(client, photo_batch):
+    """Polygons, uncompressed RLE (COCO's crowd regions) and compressed RLE strings of the same
+    masks: the answer is the same, and it is the core's."""
+    sizes = {i["id"]: (i["height"], i["width"]) for i in photo_batch["images"]}
+    annotations, forms = [], set()
+    for k, ann in enumerate(photo_batch["annotations"]):
+        height, width = sizes[ann["image_id"]]
+        segmentation = ann["segmentation"]
+        if k % 2 == 0 or isinstance(segmentation, dict):  # every RLE and half the polygons, compressed
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+            rle = mask_utils.merge(rle) if isinstance(rle, list) else rle
+            segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+        forms.add("rle" if isinstance(segmentation, dict) and isinstance(segmentation["counts"], str) else
+                  "crowd" if isinstance(segmentation, dict) else "polygon")
+        annotations.append(ann | {"segmentation": segmentation})
+    assert forms == {"rle", "polygon"}
+    options = {"recipe": "cutmix", "seed": 31, "output": {"format": "png"}}
+    body = photo_batch | {"annotations": annotations} | options
+    answer = client.post("/v1/mix", json=body).json()
+    original = client.post("/v1/mix", json=photo_batch | options).json()
+    assert answer == original
+    assert check_against_core(body, answer, "cutmix", masks=True) > 20
 
 
 def test_photographs_replay_through_params(client, photo_batch):
