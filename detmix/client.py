@@ -27,6 +27,7 @@ import importlib.util
 import io
 import json
 import random
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,15 +121,30 @@ def batch_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _encode(image: Any) -> tuple[bytes, int, int]:
-    """File bytes and (width, height) of an ``(H, W, 3)`` uint8 array (sent as PNG) or of encoded bytes."""
+def _is_torch(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only once torch was imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _encode(image: Any, index: int = 0) -> tuple[bytes, int, int]:
+    """File bytes and (width, height) of an image: an ``(H, W, 3)`` uint8 array or a torch
+    ``(3, H, W)`` uint8 tensor (as torchvision's detection models take them; sent as PNG), or
+    encoded file bytes (sent as they are)."""
     if isinstance(image, (bytes, bytearray)):
         with Image.open(io.BytesIO(image)) as file:
             width, height = file.size
         return bytes(image), width, height
-    array = np.asarray(image)
+    if _is_torch(image):
+        import torch
+
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"images[{index}] must be a (3, H, W) uint8 tensor, got {image.dtype} {tuple(image.shape)}")
+        array = image.detach().permute(1, 2, 0).cpu().numpy()
+    else:
+        array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"images must be (H, W, 3) uint8 arrays or encoded files (bytes), got {array.dtype} {array.shape}")
+        raise ValueError(f"images[{index}] must be an (H, W, 3) uint8 array, a (3, H, W) uint8 tensor or encoded "
+                         f"file bytes, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
     Image.fromarray(array, "RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue(), array.shape[1], array.shape[0]
@@ -197,7 +213,7 @@ class _Protocol:
             raise ValueError(f"coco['images'] must describe each of the {len(images)} images, got {len(records)} records")
         files = []
         for k, (record, image) in enumerate(zip(records, images, strict=True)):
-            data, width, height = _encode(image)
+            data, width, height = _encode(image, k)
             record.setdefault("width", width)
             record.setdefault("height", height)
             record["file_name"] = f"{k}-{record['id']}"
@@ -267,8 +283,9 @@ class DetmixClient(_Protocol):
     def mix(self, images: Sequence[Any], coco: Mapping[str, Any], recipe: str | Mapping[str, Any] = "deit",
             seed: int | None = None, *, params: Sequence[Mapping[str, Any]] | None = None,
             output_format: str = "jpeg", quality: int = 90, as_tensors: bool = False) -> MixedBatch:
-        """Mix ``images`` ((H, W, 3) uint8 arrays or encoded JPEG/PNG/WebP bytes) with the COCO
-        ``coco`` (``images`` records in the same order, ``annotations``, ``categories``)."""
+        """Mix ``images`` ((H, W, 3) uint8 arrays, (3, H, W) uint8 tensors or encoded JPEG/PNG/WebP
+        bytes) with the COCO ``coco`` (``images`` records in the same order, ``annotations``,
+        ``categories``)."""
         request = self._mix_request(images, coco, recipe, seed, params, output_format, quality)
         return parse_answer(self._call("POST", "/v1/mix", **request), as_tensors)
 

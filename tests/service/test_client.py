@@ -124,6 +124,33 @@ def test_mix_sends_a_multipart_form(sleeps):
         DetmixClient("http://detmix.test", transport=transport).mix(images, coco | {"images": [{"id": 5}]})
 
 
+def _file_parts(request: httpx.Request) -> list[bytes]:
+    parts = request.content.split(b'name="images"')[1:]
+    return [part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0] for part in parts]
+
+
+def test_mix_takes_torch_images_as_torchvision_does(sleeps):
+    torch = pytest.importorskip("torch")
+    from torchvision import tv_tensors
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 256, (4, 6, 3), dtype=np.uint8) for _ in range(2)]
+    coco = {"images": [{"id": 5}, {"id": 6}], "annotations": [], "categories": [{"id": 3, "name": "c"}]}
+    sent = []
+    for images in (arrays, [torch.from_numpy(arrays[0]).permute(2, 0, 1), tv_tensors.Image(arrays[1].transpose(2, 0, 1))]):
+        transport, seen = scripted(httpx.Response(200, json=answer()))
+        DetmixClient("http://detmix.test", transport=transport).mix(images, coco, recipe="mixup", seed=4)
+        sent.append(_file_parts(seen[0]))
+    assert sent[0] == sent[1] and len(sent[0]) == 2
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(sent[1][1]))), arrays[1])
+    client = DetmixClient("http://detmix.test", transport=scripted()[0])
+    for bad, shown in ((torch.zeros(4, 6, 3, dtype=torch.uint8), r"images\[1\] must be a \(3, H, W\) uint8 tensor, got torch.uint8 \(4, 6, 3\)"),
+                       (torch.zeros(3, 4, 6), r"images\[1\] must be a \(3, H, W\) uint8 tensor, got torch.float32"),
+                       (np.zeros((3, 4, 6), np.uint8), r"images\[1\] must be an \(H, W, 3\) uint8 array.*got uint8 \(3, 4, 6\)")):
+        with pytest.raises(ValueError, match=shown):
+            client.mix([arrays[0], bad], coco)
+
+
 def test_parse_answer_numpy_and_tensors():
     batch = parse_answer(answer())
     (target,) = batch.targets
