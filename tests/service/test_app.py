@@ -122,6 +122,16 @@ def test_metrics_count_requests_images_and_rejections(make_client):
     assert metric(text, "detmix_rejections_total", reason="invalid_input") == 1
     assert metric(text, "detmix_http_request_duration_seconds_count", method="POST", route="/v1/mix") == 2
     assert metric(text, "detmix_batches_in_flight") == 0
+    # The exposition parses with Prometheus' own parser; the latency histogram is cumulative.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (latency,) = [f for f in text_string_to_metric_families(text) if f.name == "detmix_http_request_duration_seconds"]
+    assert latency.type == "histogram"
+    mix = [s for s in latency.samples if s.labels.get("route") == "/v1/mix" and s.labels.get("method") == "POST"]
+    buckets = sorted((float(s.labels["le"]), s.value) for s in mix if s.name.endswith("_bucket"))
+    counts = [count for _, count in buckets]
+    assert len(buckets) == 14 and buckets[-1] == (float("inf"), 2) and counts == sorted(counts)
+    assert 0 < next(s.value for s in mix if s.name.endswith("_sum")) < 60
 
 
 def test_two_apps_count_apart(make_client):
