@@ -187,6 +187,15 @@ def test_a_broken_dataset_stops_the_startup(make_client, tmp_path):
     assert not test_client.app.state.runtime.lifecycle.ready
 
 
+def test_the_embedded_dataset_name_cannot_be_taken(make_client, tmp_path):
+    (tmp_path / "a.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    test_client = make_client(datasets={"synthetic": {"annotations": tmp_path / "a.json", "images": tmp_path}})
+    with pytest.raises(Exception, match="dataset name 'synthetic' is taken by the embedded dataset; choose another"):
+        with test_client:
+            pass
+    assert not test_client.app.state.runtime.lifecycle.ready
+
+
 def test_openapi_documents_both_bodies_of_mix(client):
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/mix"]["post"]["requestBody"]["content"]
