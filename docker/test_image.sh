@@ -18,9 +18,20 @@
 #   bad-coco    an annotation with a negative width -> 422 naming the annotation's field
 #   metrics     /metrics counts the mixed images and both rejections by reason
 #   shutdown    docker stop (SIGTERM) -> exit code 0 and uvicorn's graceful shutdown lines
+# then docker/compose.yaml, with Debian's docker-compose (1.29, apt-get installs it when missing),
+# run from the image just built (`DETMIX_IMAGE=<tag> up --no-build`, its own project name, a free
+# loopback port, DETMIX_COCO_DIR=the coco-mini above, a 1 s healthcheck interval):
+#   compose-config   `docker-compose config` accepts the file
+#   compose-up       `up -d --no-build` starts the service
+#   compose-ready    /readyz 200 and /v1/datasets lists coco-mini (the bind-mounted dataset)
+#   compose-batch    POST /v1/datasets/coco-mini/batch -> 200 with the images drawn from it
+#   compose-limits   docker inspect: read-only root, 2 GiB memory, tmpfs /tmp, non-root user
+#   compose-fs       docker exec: writing to / fails (read-only), writing to /tmp works
+#   compose-health   the compose healthcheck reaches "healthy"
+#   compose-stop     `docker-compose stop` (SIGTERM) -> exit code 0, then `down` removes it all
 # The last line is `docker: N passed, M failed` (the time taken on the line before); the exit
 # status is non-zero on any failure.
-# The container, and the scratch folder, go away on every exit (trap); the image stays
+# The containers (compose project too), and the scratch folder, go away on every exit (trap); the image stays
 # (tag: $DETMIX_IMAGE, default detmix-service:test) so that a second run reuses its layers.
 #
 # Environment: DETMIX_IMAGE (tag), DETMIX_COCO_MINI (default ../shared/data/coco-mini next to the
@@ -46,6 +57,9 @@ cleanup() {
   if [ -n "${docker_ready:-}" ]; then
     "$docker" rm -f "$name" >/dev/null 2>&1 || true
   fi
+  if [ -n "${compose_up:-}" ]; then
+    compose down -t 5 -v --remove-orphans >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
   exit "$status"
 }
@@ -54,8 +68,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log() { printf '%s\n' "docker: $*" >&2; }
-ok() { passed=$((passed + 1)); printf 'ok    %-10s %s\n' "$1" "${2:-}"; }
-bad() { failed=$((failed + 1)); printf 'FAIL  %-10s %s\n' "$1" "${2:-}"; }
+ok() { passed=$((passed + 1)); printf 'ok    %-14s %s\n' "$1" "${2:-}"; }
+bad() { failed=$((failed + 1)); printf 'FAIL  %-14s %s\n' "$1" "${2:-}"; }
 finish() {
   printf 'docker: image test took %ds\n' "$((SECONDS - started))"
   printf 'docker: %d passed, %d failed\n' "$passed" "$failed"
@@ -277,6 +291,126 @@ if [ "$exit_code" = 0 ] && grep -q 'Application shutdown complete' "$work/contai
 else
   tail -n 20 "$work/container.log"
   bad shutdown "exit code $exit_code; graceful shutdown lines missing?"
+fi
+
+# --- the same image through docker/compose.yaml ---------------------------------------------
+# Debian's docker-compose 1.29 (no `docker compose` plugin here); the image built above, not a
+# second build; a project name and a port of its own, so parallel runs never meet.
+if ! command -v docker-compose >/dev/null; then
+  log "installing Debian's docker-compose"
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq docker-compose; } >"$work/apt.log" 2>&1 || true
+  command -v docker-compose >/dev/null \
+    || { tail -n 20 "$work/apt.log"; bad compose "docker-compose missing and apt-get could not install it"; finish; }
+fi
+project=${name}-compose
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+coco_dir=$(cd "$coco_mini" && pwd)
+compose() {
+  DETMIX_IMAGE="$image" DETMIX_PORT="$port" DETMIX_COCO_DIR="$coco_dir" DETMIX_HEALTH_INTERVAL=1s \
+    DETMIX_DRAIN_S=0.5 docker-compose -p "$project" -f docker/compose.yaml "$@"
+}
+
+if compose config >"$work/compose-config.yaml" 2>"$work/compose.log" \
+   && grep -q "image: $image\$" "$work/compose-config.yaml" \
+   && grep -q "source: $coco_dir\$" "$work/compose-config.yaml"; then
+  ok compose-config "docker-compose $(docker-compose version --short 2>/dev/null) accepts docker/compose.yaml"
+else
+  bad compose-config "$(tail -n 20 "$work/compose.log" "$work/compose-config.yaml" | tr '\n' ' ')"
+  finish
+fi
+
+log "compose project $project on 127.0.0.1:$port"
+up_started=$SECONDS
+compose_up=1
+if compose up -d --no-build >"$work/compose.log" 2>&1 && cid=$(compose ps -q detmix 2>>"$work/compose.log") \
+   && [ -n "$cid" ]; then
+  ok compose-up "container ${cid:0:12} from $image"
+else
+  tail -n 20 "$work/compose.log"
+  bad compose-up "docker-compose up -d --no-build failed (log above)"
+  finish
+fi
+
+deadline=$((SECONDS + 60))
+code=000
+while [ $SECONDS -lt $deadline ]; do
+  code=$(http GET /readyz)
+  [ "$code" = 200 ] && break
+  [ "$("$docker" inspect -f '{{.State.Running}}' "$cid" 2>/dev/null)" = true ] || break
+  sleep 0.3
+done
+ready=$code
+code=$(http GET /v1/datasets)
+if [ "$ready" = 200 ] && [ "$code" = 200 ] \
+   && python3 -c 'import json, sys; assert "coco-mini" in {d["name"] for d in json.load(open(sys.argv[1]))}' "$work/body" 2>/dev/null; then
+  ok compose-ready "/readyz 200 $((SECONDS - up_started))s after up, /v1/datasets lists coco-mini"
+else
+  "$docker" logs "$cid" 2>&1 | tail -n 30
+  bad compose-ready "/readyz $ready, /v1/datasets $code $(body)"
+fi
+
+code=$(http POST /v1/datasets/coco-mini/batch -H 'Content-Type: application/json' \
+  --data '{"batch_size": 2, "seed": 0, "recipe": "cutmix"}')
+summary=
+if [ "$code" = 200 ] && summary=$(python3 - "$work/body" "$coco_dir/annotations/instances_val2017.json" 2>&1 <<'EOF'
+import base64, json, sys
+out = json.load(open(sys.argv[1]))
+images, ids = out["images"], {i["id"] for i in json.load(open(sys.argv[2]))["images"]}
+assert len(images) == 2 and out["annotations"], (len(images), len(out["annotations"]))
+for image in images:
+    assert image["id"] in ids and base64.b64decode(image["data"])[:3] == b"\xff\xd8\xff", image["id"]
+print(f"{len(images)} coco-mini images mixed, {len(out['annotations'])} annotations")
+EOF
+); then ok compose-batch "$summary"; else bad compose-batch "$code $summary $(body 200)"; fi
+
+facts=$("$docker" inspect -f '{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.Memory}}|{{json .HostConfig.Tmpfs}}|{{.Config.User}}' "$cid" 2>&1) || true
+uid=$("$docker" exec "$cid" id -u 2>&1) || true
+IFS='|' read -r ro memory tmpfs user <<<"$facts"
+if [ "$ro" = true ] && [ "$memory" = $((2 * 1024 * 1024 * 1024)) ] && [[ $tmpfs == *'"/tmp":'* ]] \
+   && [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "${user%%:*}" != root ] && [ "$uid" != 0 ] && [ -n "$uid" ]; then
+  ok compose-limits "read-only root, memory 2 GiB, tmpfs $tmpfs, user $user (uid $uid)"
+else
+  bad compose-limits "inspect: $facts; id -u: $uid"
+fi
+
+# Root in the container too (-u 0): only the read-only mount, not file permissions, stops it.
+root_err=$("$docker" exec -u 0 "$cid" sh -c 'echo x >/detmix-probe' 2>&1) && root_err=written
+user_err=$("$docker" exec "$cid" sh -c 'echo x >/detmix-probe' 2>&1) && user_err=written
+tmp_out=$("$docker" exec "$cid" sh -c 'echo x >/tmp/detmix-probe && cat /tmp/detmix-probe && rm /tmp/detmix-probe' 2>&1) || true
+if [[ $root_err == *'Read-only file system'* ]] && [ "$user_err" != written ] && [ "$tmp_out" = x ]; then
+  ok compose-fs "writing / fails (read-only file system), /tmp is writable"
+else
+  bad compose-fs "/ as root: $root_err; / as user: $user_err; /tmp: $tmp_out"
+fi
+
+health=none
+while [ $SECONDS -lt $deadline ]; do
+  health=$("$docker" inspect -f '{{.State.Health.Status}}' "$cid" 2>/dev/null || echo gone)
+  [ "$health" = starting ] || break
+  sleep 0.5
+done
+if [ "$health" = healthy ]; then
+  ok compose-health "healthy $((SECONDS - up_started))s after up"
+else
+  bad compose-health "health $health"
+fi
+
+stop_started=$SECONDS
+compose stop -t 30 >>"$work/compose.log" 2>&1 || true
+exit_code=$("$docker" inspect -f '{{.State.ExitCode}}' "$cid" 2>/dev/null || echo unknown)
+"$docker" logs "$cid" >"$work/container.log" 2>&1 || true
+stop_s=$((SECONDS - stop_started))
+compose down -t 5 -v --remove-orphans >>"$work/compose.log" 2>&1 || true
+left=$("$docker" ps -aq --filter "label=com.docker.compose.project=$project")
+if [ "$exit_code" = 0 ] && grep -q 'Application shutdown complete' "$work/container.log" && [ -z "$left" ]; then
+  compose_up=
+  ok compose-stop "SIGTERM -> exit 0 in ${stop_s}s, graceful shutdown logged, down removed it"
+else
+  tail -n 20 "$work/container.log" "$work/compose.log"
+  bad compose-stop "exit code $exit_code; left after down: ${left:-none}"
 fi
 
 finish
