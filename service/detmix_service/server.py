@@ -97,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return 0
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        # uvicorn's manager stops when a worker fails to start, but returns as from a clean stop.
+        failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+        return STARTUP_FAILURE if failed else 0
     server = DrainingServer(config, settings.drain_s)
     # uvicorn re-raises the signal it shut down for once it is done, under the handlers that were
     # there before it: let that be a normal exit.
