@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -263,3 +264,36 @@ class RawRequest:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- live servers: what the tests on a real socket look at ------------------------------------
+
+
+def in_flight(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return float(re.search(r"^detmix_batches_in_flight (\S+)$", text, re.M).group(1))
+
+
+def wait_until(condition, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def assert_clean_log(server) -> None:
+    log = server.output()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
+    assert not re.search(r'" 500\b', log), log
+
+
+def temp_files_open(server) -> list[str]:
+    """The server's open files in its temporary folder (unlinked ones included)."""
+    fds = Path(f"/proc/{server.process.pid}/fd")
+    targets = []
+    for fd in fds.iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue
+    return [t for t in targets if t.startswith(str(server.tmpdir))]

@@ -4,40 +4,19 @@ disconnects, graceful shutdown, and the Python client over real HTTP."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from detmix.client import AsyncDetmixClient, DetmixClient, ServiceBatches, ServiceError, batch_seed
-from .servicekit import RawRequest, coco_batch, live_server
+from .servicekit import RawRequest, assert_clean_log, coco_batch, in_flight, live_server, temp_files_open, wait_until
 
 HEAVY = json.dumps({"batch_size": 32, "seed": 1, "output": {"format": "png"}}).encode()
-
-
-def in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    return float(re.search(r"^detmix_batches_in_flight (\S+)$", text, re.M).group(1))
-
-
-def wait_until(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def assert_clean_log(server) -> None:
-    log = server.output()
-    assert "Traceback" not in log and "Exception in ASGI application" not in log
-    assert not re.search(r'" 500\b', log), log
 
 
 @pytest.fixture(scope="module")
@@ -126,18 +105,6 @@ def test_a_client_that_hangs_up_mid_upload_leaves_no_temp_files(server):
     wait_until(lambda: in_flight(server.url) == 0)
     wait_until(lambda: not temp_files_open(server))
     assert list(server.tmpdir.iterdir()) == []
-
-
-def temp_files_open(server) -> list[str]:
-    """The server's open files in its temporary folder (unlinked ones included)."""
-    fds = Path(f"/proc/{server.process.pid}/fd")
-    targets = []
-    for fd in fds.iterdir():
-        try:
-            targets.append(os.readlink(fd))
-        except OSError:
-            continue
-    return [t for t in targets if t.startswith(str(server.tmpdir))]
 
 
 def _metric(url: str, sample: str) -> float:
