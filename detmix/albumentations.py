@@ -71,7 +71,7 @@ if "get_params_dependent_on_data" in getattr(BasicTransform, "_removed_sampling_
 
 from detmix.align import align_canvas, canvas_size
 from detmix.mix import mix_pair
-from detmix.recipes import Alpha, CutMixConfig, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
+from detmix.recipes import Alpha, CutMixConfig, MinArea, MinSize, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
 from detmix.sampling import MixParams, sample_params
 
 __all__ = [
@@ -186,8 +186,8 @@ class _CutMixSchema(_MixSchema):
     alpha: Alpha
     lam_clamp: tuple[Unit, Unit] | None
     min_visibility: Unit
-    min_area: Annotated[float, Field(ge=0.0, le=1e8)]
-    min_size: Annotated[float, Field(ge=0.0, le=1e4)]
+    min_area: MinArea
+    min_size: MinSize
     weight: WeightModeField
 
     @model_validator(mode="after")

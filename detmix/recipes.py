@@ -29,10 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 __all__ = ["CutMixConfig", "MixUpConfig", "Recipe", "builtin_recipes", "load_recipe", "recipes_dir"]
 
-#: Numbers are strict: ints and floats pass, strings and booleans do not (``alpha: yes`` is no 1.0).
+#: Numbers are strict: ints and floats (numpy's too) pass, strings and Python booleans do not
+#: (``alpha: yes`` is no 1.0).
 Number = Annotated[float, Strict()]
 Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
 Alpha = Annotated[Number, Field(gt=0.0, le=100.0, description="Beta(alpha, alpha) concentration")]
+MinArea = Annotated[Number, Field(ge=0.0, le=1e8)]
+MinSize = Annotated[Number, Field(ge=0.0, le=1e4)]
 WeightModeField = Literal["visibility", "lam", "hard"]
 
 
@@ -66,8 +69,8 @@ class CutMixConfig(_MixConfig):
     """CutMix parameters; the thresholds are those of :func:`detmix.functional.cutmix`."""
 
     min_visibility: Unit = 0.0
-    min_area: Annotated[Number, Field(ge=0.0, le=1e8)] = 0.0
-    min_size: Annotated[Number, Field(ge=0.0, le=1e4)] = 1.0
+    min_area: MinArea = 0.0
+    min_size: MinSize = 1.0
 
 
 class Recipe(_Strict):
@@ -96,7 +99,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
 
@@ -113,7 +116,7 @@ def recipes_dir() -> Path:
 def _read(path: Path) -> Recipe:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a scalar that looks like a number and is not
         raise ValueError(f"recipe file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"recipe file {path} must hold a mapping, got {type(data).__name__}")

@@ -479,6 +479,8 @@ def test_from_recipe_maps_every_field():
         (lambda: BoxCutMix(lam_clamp=(0.8, 0.2)), r"lam_clamp must be \[low, high\] with low <= high"),
         (lambda: BoxCutMix(min_visibility=1.5), r"min_visibility\n  Input should be less than or equal to 1"),
         (lambda: BoxCutMix(weight="soft"), r"weight\n  Input should be 'visibility', 'lam' or 'hard'"),
+        (lambda: BoxCutMix(min_area="5"), r"min_area\n  Input should be a valid number"),
+        (lambda: BoxMixUp(alpha=True), r"alpha\n  Input should be a valid number"),
         (lambda: BoxMixUp(align="crop"), r"BoxMixUp\nalign\n  Input should be 'pad' or 'resize'"),
         (lambda: BoxMixUp(metadata_key=""), r"metadata_key\n  String should have at least 1 character"),
         (lambda: BoxMixUp(p=2), r"p\n  Input should be less than or equal to 1"),
