@@ -284,7 +284,7 @@ def _stall_and_expect_504(server, request: RawRequest, upto: int, spooled: bool 
     assert json.loads(answer) == {"detail": [{
         "loc": [], "type": "deadline_exceeded",
         "msg": f"the body did not arrive within the deadline of {TIMEOUT_S:g} s"}]}
-    assert TIMEOUT_S - 0.1 <= elapsed < TIMEOUT_S + 1.5, elapsed  # at the deadline, not before, not much after
+    assert TIMEOUT_S - 0.1 <= elapsed < TIMEOUT_S + 5, elapsed  # at the deadline, not before; the socket waits 10 s more
     assert _rejections(server.url, "deadline_exceeded") == before + 1
     wait_until(lambda: in_flight(server.url) == 0)
     assert httpx.get(f"{server.url}/healthz").status_code == 200
@@ -344,21 +344,20 @@ def test_async_client_mix_equals_sync_client_mix(plain):
 
 def test_make_run_serves_the_embedded_dataset(tmp_path, data_dir):
     make = shutil.which("make")
-    if make is None:
-        pytest.skip("make is not installed")
+    assert make, "make runs the README's commands: it must be installed"
     if not (REPO / ".venv" / ".run-deps").exists():
         pytest.skip("make run would create .venv and install packages (no .venv/.run-deps): needs the network")
     port = free_port()
     (tmpdir := tmp_path / "tmp").mkdir()
     env = _clean_env(DETMIX_DATA_DIR=str(data_dir), TMPDIR=str(tmpdir))
-    plan = subprocess.run([make, "-n", "run", f"PORT={port}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=30)
+    plan = subprocess.run([make, "-n", "run", "HOST=127.0.0.1", f"PORT={port}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=30)
     assert plan.returncode == 0, plan.stderr
     if "pip" in plan.stdout:
         pytest.skip("make run would reinstall packages (.venv/.run-deps older than pyproject.toml): needs the network")
     url, log = f"http://127.0.0.1:{port}", tmp_path / "make.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([make, "run", f"PORT={port}"], cwd=REPO, env=env, stdout=sink,
+        process = subprocess.Popen([make, "run", "HOST=127.0.0.1", f"PORT={port}"], cwd=REPO, env=env, stdout=sink,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(url, process, log)
