@@ -299,9 +299,9 @@ fi
 if ! command -v docker-compose >/dev/null; then
   log "installing Debian's docker-compose"
   sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
   { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq docker-compose; } >"$work/apt.log" 2>&1 || true
+      apt-get install -y -qq --no-install-recommends docker-compose; } >"$work/apt.log" 2>&1 || true
   command -v docker-compose >/dev/null \
     || { tail -n 20 "$work/apt.log"; bad compose "docker-compose missing and apt-get could not install it"; finish; }
 fi
