@@ -83,6 +83,18 @@ http() {
     2>"$work/curl.err" || true
 }
 body() { head -c "${1:-400}" "$work/body"; echo; }
+# until_ok PATH CONTAINER: GET PATH until it answers 200, while CONTAINER runs and $deadline is ahead;
+# prints the last status code.
+until_ok() {
+  local code=000
+  while [ $SECONDS -lt "$deadline" ]; do
+    code=$(http GET "$1")
+    [ "$code" = 200 ] && break
+    [ "$("$docker" inspect -f '{{.State.Running}}' "$2" 2>/dev/null)" = true ] || break
+    sleep 0.3
+  done
+  echo "$code"
+}
 
 for tool in python3 curl; do
   command -v "$tool" >/dev/null || { bad setup "$tool is required on the host"; finish; }
@@ -150,13 +162,7 @@ if ! "$docker" run -d --name "$name" --network host \
 fi
 
 deadline=$((SECONDS + 60))
-code=000
-while [ $SECONDS -lt $deadline ]; do
-  code=$(http GET /healthz)
-  [ "$code" = 200 ] && break
-  [ "$("$docker" inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ] || break
-  sleep 0.3
-done
+code=$(until_ok /healthz "$name")
 health=none
 while [ "$code" = 200 ] && [ $SECONDS -lt $deadline ]; do
   health=$("$docker" inspect -f '{{.State.Health.Status}}' "$name")
@@ -335,14 +341,7 @@ else
 fi
 
 deadline=$((SECONDS + 60))
-code=000
-while [ $SECONDS -lt $deadline ]; do
-  code=$(http GET /readyz)
-  [ "$code" = 200 ] && break
-  [ "$("$docker" inspect -f '{{.State.Running}}' "$cid" 2>/dev/null)" = true ] || break
-  sleep 0.3
-done
-ready=$code
+ready=$(until_ok /readyz "$cid")
 code=$(http GET /v1/datasets)
 if [ "$ready" = 200 ] && [ "$code" = 200 ] \
    && python3 -c 'import json, sys; assert "coco-mini" in {d["name"] for d in json.load(open(sys.argv[1]))}' "$work/body" 2>/dev/null; then
