@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,23 @@ class LiveServer:
             raise
 
 
+def wait_ready(url: str, process: subprocess.Popen, output: Callable[[], str], timeout: float = 30.0) -> None:
+    """Until ``url``'s ``/readyz`` answers 200; fails with ``output()`` (the server's log) if the
+    process exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{output()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not get ready in {timeout} s:\n{output()}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def live_server(workdir: Path, settings: dict[str, Any], startup_timeout: float = 30.0) -> Iterator[LiveServer]:
     """Start a server with ``settings`` (written as a YAML file), wait for /healthz, and stop it
@@ -210,18 +227,7 @@ def live_server(workdir: Path, settings: dict[str, Any], startup_timeout: float 
         )
     server = LiveServer(process, f"http://127.0.0.1:{port}", tmpdir, log)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not get ready in {startup_timeout} s:\n{server.output()}")
-            time.sleep(0.1)
+        wait_ready(server.url, process, server.output, startup_timeout)
         yield server
     finally:
         if process.poll() is None:

@@ -27,7 +27,7 @@ import yaml
 
 from detmix.client import AsyncDetmixClient, DetmixClient
 from .servicekit import (RawRequest, assert_clean_log, check_against_core, coco_batch, free_port, in_flight, live_server,
-                         temp_files_open, wait_until)
+                         temp_files_open, wait_ready, wait_until)
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 4 * 2**20  # max_body_bytes of the strict server: above 1 MiB, so an upload can spool to disk
@@ -85,17 +85,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"not ready in {timeout} s:\n{log.read_text(errors='replace')}"
-        time.sleep(0.1)
+    wait_ready(url, process, lambda: log.read_text(errors="replace"), timeout)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
