@@ -294,18 +294,20 @@ def mixup_image(a: Any, b: Any, lam: Any) -> Any:
     if a.dtype in (xp.float32, xp.float64):
         return lam * a + (1 - lam) * b
     # float16 / bfloat16: blend in float32, store in the input dtype.
-    mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
-    return xp.astype(mixed, a.dtype)
+    return xp.astype(_blend_float32(xp, a, b, lam), a.dtype)
 
 
 #: Below this many values a uint8 MixUp is blended directly: the table costs 65,536 of them.
 _TABLE_MIN_SIZE = 1 << 18
 
 
+def _blend_float32(xp: Any, a: Any, b: Any, lam: Any) -> Any:
+    return lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
+
+
 def _mixup_uint8(xp: Any, a: Any, b: Any, lam: Any) -> Any:
     """The uint8 blend: float32, rounded half to even, clipped."""
-    mixed = lam * xp.astype(a, xp.float32) + (1 - lam) * xp.astype(b, xp.float32)
-    return xp.astype(xp.clip(xp.round(mixed), min=0, max=255), xp.uint8)
+    return xp.astype(xp.clip(xp.round(_blend_float32(xp, a, b, lam)), min=0, max=255), xp.uint8)
 
 
 def _by_table(a: Any, b: Any, lam: Any) -> bool:
