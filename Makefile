@@ -3,7 +3,8 @@
 #   make test   the test suite: pytest (with a real uvicorn server and headless Chromium), then the
 #               Docker image built and driven over 127.0.0.1 (docker/test_image.sh)
 # Each creates .venv (Python 3.11) and installs what it needs into it; `make test` also installs
-# Debian's chromium and a Docker engine (../shared/docker/ensure-engine.sh) when they are missing.
+# Debian's chromium and docker-compose and a Docker engine (../shared/docker/ensure-engine.sh) when
+# they are missing.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
