@@ -3,7 +3,7 @@
 * :func:`detmix.data.decode_rle` / :func:`~detmix.data.encode_rle` / :func:`~detmix.data.encode_rles`
   against pycocotools, and the string reader against a transcription of maskApi.c's rleFrString
   loop (results and error messages alike);
-* the service's ``encode_masks`` against ``pycocotools.mask.encode``;
+* :func:`~detmix.data.encode_rles` of instance masks, as the service answers them, against ``pycocotools.mask.encode``;
 * :func:`detmix.functional.cutmix_masks` with a cut of four ints (copy and slice assignment)
   against the same call with the cut as an array (``where``), on numpy and torch;
 * :func:`detmix.functional.masks_to_boxes` on uint8 masks of any values against the same masks
@@ -219,19 +219,18 @@ def test_decode_rle_refuses_a_wrong_out() -> None:
             decode_rle(rle, out=out)  # type: ignore[arg-type]
 
 
-def test_service_encode_masks_gives_pycocotools_strings() -> None:
-    from detmix_service.cocoio import encode_masks
-
+def test_encode_rles_of_instance_masks_gives_pycocotools_strings() -> None:
+    """What the service answers for a stack of instance masks (and for none)."""
     rng = np.random.default_rng(3)
     masks = np.zeros((5, 48, 64), dtype=np.uint8)
     for k in range(4):
         y1, x1 = rng.integers(0, 40, size=2)
         masks[k, y1 : y1 + rng.integers(1, 30), x1 : x1 + rng.integers(1, 40)] = 1
     masks[4] = rng.random((48, 64)) < 0.3
-    got = encode_masks(masks)
+    got = encode_rles(masks)
     assert [rle["counts"] for rle in got] == coco_encode(masks)
     assert all(rle["size"] == [48, 64] and isinstance(rle["counts"], str) for rle in got)
-    assert encode_masks(masks[:0]) == []
+    assert encode_rles(masks[:0]) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from detmix.coco import decode_masks
-from detmix.data import decode_rle, encode_rles
+from detmix.data import decode_rle
 from detmix_service.errors import ErrorItem, InvalidInput, UnsupportedMediaType
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "decode_base64",
     "decode_pixels",
     "encode_image",
-    "encode_masks",
     "instance_masks",
     "open_image",
     "pydantic_errors",
@@ -484,15 +483,6 @@ def instance_masks(annotations: Sequence[CocoAnnotation], height: int, width: in
             segmentation = [list(map(float, polygon)) for polygon in segmentation]
         records.append({"id": ann.id, "segmentation": segmentation})
     return decode_masks(records, height, width)
-
-
-def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
-    """Compressed COCO RLEs (``counts`` a str) of ``(N, H, W)`` masks, by
-    :func:`detmix.data.encode_rles`: the strings of ``pycocotools.mask.encode``, computed from the
-    masks as they lie, without pycocotools' column-major copy of them."""
-    if len(masks) == 0:
-        return []
-    return encode_rles(masks)
 
 
 def clip_box(bbox: Sequence[float], width: int, height: int) -> list[float]:

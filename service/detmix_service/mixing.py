@@ -27,6 +27,7 @@ import numpy as np
 
 from detmix import mix_pair
 from detmix.align import align_canvas
+from detmix.data import encode_rles
 from detmix.functional import DropReason, check_cut_box
 from detmix.recipes import Recipe
 from detmix.sampling import MixParams, sample_params
@@ -36,7 +37,6 @@ from detmix_service.cocoio import (
     CocoImage,
     clip_box,
     encode_image,
-    encode_masks,
     instance_masks,
 )
 from detmix_service.errors import InvalidInput
@@ -92,11 +92,6 @@ class Plan:
     seed: int | None
 
 
-def aligned_canvas(a: SourceImage, b: SourceImage, align: str) -> tuple[int, int]:
-    """The canvas of output ``a`` when ``b`` is mixed into it (:func:`detmix.align_canvas`)."""
-    return align_canvas(a.canvas, b.canvas, align)
-
-
 def draw_plan(images: Sequence[SourceImage], recipe: Recipe, rng: np.random.Generator, seed: int | None) -> Plan:
     """Pairs and parameters drawn from ``rng`` (see the module docstring for the order)."""
     size = len(images)
@@ -106,7 +101,7 @@ def draw_plan(images: Sequence[SourceImage], recipe: Recipe, rng: np.random.Gene
     partner = np.empty(size, dtype=np.int64)
     partner[order] = np.roll(order, -1)
     params = tuple(
-        sample_params(rng, recipe, *aligned_canvas(images[i], images[int(partner[i])], recipe.align))
+        sample_params(rng, recipe, *align_canvas(images[i].canvas, images[int(partner[i])].canvas, recipe.align))
         for i in range(size)
     )
     return Plan(tuple(int(p) for p in partner), params, seed)
@@ -140,7 +135,7 @@ def replay_plan(
 
 def _replayed_params(item: ImageParams, a: SourceImage, b: SourceImage, recipe: Recipe, loc: list) -> MixParams:
     p = item.params
-    canvas = aligned_canvas(a, b, recipe.align)
+    canvas = align_canvas(a.canvas, b.canvas, recipe.align)
     if p.canvas is not None and tuple(p.canvas) != canvas:
         raise InvalidInput(
             f"image {a.id}: params.canvas {p.canvas} must be [height, width] = {list(canvas)}, the canvas of image "
@@ -196,7 +191,7 @@ def mix_batch(
         pixels = out["image"]
         height, width = pixels.shape[:2]
         sources = (image, partner)
-        segmentations = encode_masks(out["masks"]) if image.masks else None
+        segmentations = encode_rles(out["masks"]) if image.masks else None
         for k in range(len(out["boxes"])):
             x1, y1, x2, y2 = (float(v) for v in out["boxes"][k])
             source = int(out["source"][k])
