@@ -23,7 +23,7 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
                                    "class and weight; dropped boxes dashed grey; the cut outlined.")
     p.add_argument("--annotations", type=Path, help="COCO instances JSON (default: the embedded dataset)")
     p.add_argument("--images", type=Path, help="image folder of --annotations")
-    p.add_argument("--recipe", default="deit", help="recipe name in configs/recipes or a YAML path (default: deit)")
+    p.add_argument("--recipe", default="deit", help="recipe name (see: detmix recipes) or a YAML path (default: deit)")
     p.add_argument("--num", type=int, default=8, help="number of mixed pairs (default: 8)")
     p.add_argument("--cols", type=int, default=4, help="tiles per row (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair and parameter draws (default: 0)")

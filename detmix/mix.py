@@ -75,7 +75,7 @@ def mix_pair(
 
 
 class RandomMix:
-    """Mix pairs according to a recipe (a name under ``configs/recipes``, a path, a dict or a
+    """Mix pairs according to a recipe (a name that ``detmix recipes`` lists, a path, a dict or a
     :class:`~detmix.recipes.Recipe`). Randomness comes only from the generator passed to each
     call; the drawn :class:`~detmix.sampling.MixParams` are returned under ``"params"``."""
 

@@ -1,4 +1,9 @@
-"""Mixing recipes: YAML files under ``configs/recipes/`` validated by pydantic models.
+"""Mixing recipes: YAML files validated by pydantic models.
+
+The named recipes (``cutmix``, ``deit``, ``mixup``) ship inside the package, in
+``detmix/_recipes/`` (the project's ``configs/recipes`` is a link to that folder); the folder
+named by ``$DETMIX_RECIPES_DIR`` adds its ``*.yaml`` files to them, and one of the same name as a
+packaged recipe replaces it.
 
 A recipe names which mixes may happen and with which parameters, in timm's terms: ``prob`` is
 the probability that a sample is mixed at all, ``switch_prob`` the probability of CutMix rather
@@ -8,7 +13,7 @@ string such as ``"0.5"`` or a boolean is an error, not coerced. Recipe files rea
 YAML 1.2 does, so ``1e-3`` and ``1.0e3`` are numbers (PyYAML alone, YAML 1.1, reads them as
 strings).
 
-Example (``configs/recipes/deit.yaml``)::
+Example (``detmix/_recipes/deit.yaml``)::
 
     name: deit
     prob: 1.0
@@ -27,7 +32,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-__all__ = ["CutMixConfig", "MixUpConfig", "Recipe", "builtin_recipes", "load_recipe", "recipes_dir"]
+__all__ = ["PACKAGED_RECIPES", "CutMixConfig", "MixUpConfig", "Recipe", "builtin_recipes", "load_recipe", "recipe_dirs"]
 
 #: Numbers are strict: ints and floats (numpy's too) pass, strings and Python booleans do not
 #: (``alpha: yes`` is no 1.0).
@@ -104,13 +109,28 @@ _Loader.add_implicit_resolver(
 )
 
 
-def recipes_dir() -> Path:
-    """Where the named recipes live: ``$DETMIX_RECIPES_DIR`` or the project's
-    ``configs/recipes``."""
-    env = os.environ.get("DETMIX_RECIPES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "configs" / "recipes"
+#: The folder of the recipes shipped with the package (package data, in the wheel too).
+PACKAGED_RECIPES = Path(__file__).resolve().parent / "_recipes"
+
+
+def recipe_dirs(extra: str | os.PathLike | None = None) -> list[Path]:
+    """The folders the named recipes are read from, in order: the packaged ones, then ``extra``
+    (default ``$DETMIX_RECIPES_DIR``, when set). A later folder's recipe replaces an earlier
+    one of the same name."""
+    if extra is None:
+        extra = os.environ.get("DETMIX_RECIPES_DIR") or None
+    if extra is None:
+        return [PACKAGED_RECIPES]
+    extra = Path(extra)
+    if not extra.is_dir():
+        raise ValueError(
+            f"DETMIX_RECIPES_DIR must be a folder of recipe YAML files, got {str(extra)!r}, which is not a folder"
+        )
+    return [PACKAGED_RECIPES, extra]
+
+
+def _named_paths(extra: str | os.PathLike | None = None) -> dict[str, Path]:
+    return {p.stem: p for folder in recipe_dirs(extra) for p in sorted(folder.glob("*.yaml"))}
 
 
 def _read(path: Path) -> Recipe:
@@ -127,13 +147,14 @@ def _read(path: Path) -> Recipe:
         raise ValueError(f"recipe file {path} is invalid:\n{exc}") from None
 
 
-def builtin_recipes() -> dict[str, Recipe]:
-    """All recipes in :func:`recipes_dir`, by name."""
-    return {p.stem: _read(p) for p in sorted(recipes_dir().glob("*.yaml"))}
+def builtin_recipes(extra: str | os.PathLike | None = None) -> dict[str, Recipe]:
+    """The named recipes, by name (sorted): the packaged ones and those of ``extra`` (default
+    ``$DETMIX_RECIPES_DIR``); see :func:`recipe_dirs`."""
+    return {name: _read(path) for name, path in sorted(_named_paths(extra).items())}
 
 
 def load_recipe(recipe: str | os.PathLike | Recipe | dict) -> Recipe:
-    """A :class:`Recipe` from a name in :func:`recipes_dir`, a YAML path, a dict or a Recipe."""
+    """A :class:`Recipe` from a name (:func:`builtin_recipes`), a YAML path, a dict or a Recipe."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, dict):
@@ -143,8 +164,7 @@ def load_recipe(recipe: str | os.PathLike | Recipe | dict) -> Recipe:
         if not path.is_file():
             raise ValueError(f"recipe file {path} does not exist")
         return _read(path)
-    named = recipes_dir() / f"{recipe}.yaml"
-    if not named.is_file():
-        known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
-        raise ValueError(f"recipe must be one of {known} or a path to a YAML file, got {str(recipe)!r}")
-    return _read(named)
+    named = _named_paths()
+    if str(recipe) not in named:
+        raise ValueError(f"recipe must be one of {sorted(named)} or a path to a YAML file, got {str(recipe)!r}")
+    return _read(named[str(recipe)])

@@ -148,7 +148,7 @@ def get_args_parser(add_help: bool = True, prog: str | None = None) -> argparse.
     g.add_argument("--sync-bn", action=Bool, default=False, help="SyncBatchNorm across GPUs (CUDA only)")
 
     g = parser.add_argument_group("mixing")
-    g.add_argument("--recipe", default="deit", help="recipe name in configs/recipes, a YAML path, or 'none'")
+    g.add_argument("--recipe", default="deit", help="recipe name (see: detmix recipes), a YAML path, or 'none'")
     g.add_argument("--mix-per", choices=("batch", "pair"), default="pair",
                    help="draw the mixing parameters once per batch or once per pair")
     g.add_argument("--no-mix-epochs", type=_non_negative_int, default=1,

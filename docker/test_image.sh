@@ -10,7 +10,7 @@
 #   image       non-root user, exec-form entrypoint, a HEALTHCHECK, no torch, no compiler, no pip
 #   health      /healthz 200 and Docker's own HEALTHCHECK reports "healthy"
 #   readyz      /readyz 200 (the embedded dataset is loaded)
-#   recipes     GET /v1/recipes lists the recipes of configs/recipes
+#   recipes     GET /v1/recipes lists the packaged recipes
 #   mix         POST /v1/mix, multipart: two coco-mini photographs + their COCO JSON -> 200 with
 #               two JPEG images and annotations whose image_ids are the returned images'
 #   mix-json    POST /v1/mix, JSON with base64 images: the same, as PNG

@@ -9,6 +9,7 @@ import yaml
 
 from conftest import REPO, make_sample, to_torch
 from detmix import MixParams, RandomMix, Recipe, align_pair, apply_params, builtin_recipes, load_recipe
+from detmix.recipes import PACKAGED_RECIPES
 from detmix.sampling import as_numpy_generator, sample_cut_box, sample_lam, sample_params
 
 # ---------------------------------------------------------------- samplers
@@ -87,6 +88,28 @@ def test_builtin_recipes_are_the_documented_ones():
     assert recipes["cutmix"].mixup is None
     for path in (REPO / "configs" / "recipes").glob("*.yaml"):
         assert load_recipe(path) == recipes[path.stem]
+    # One source of truth: configs/recipes is the packaged folder, not a copy of it.
+    assert (REPO / "configs" / "recipes").resolve() == PACKAGED_RECIPES == REPO / "detmix" / "_recipes"
+
+
+def test_recipes_dir_adds_to_the_packaged_recipes(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("description: mine\nmixup: {alpha: 0.3}\n")
+    (tmp_path / "deit.yaml").write_text("description: a retuned deit\ncutmix: {alpha: 2.0}\n")
+    monkeypatch.setenv("DETMIX_RECIPES_DIR", str(tmp_path))
+    recipes = builtin_recipes()
+    assert list(recipes) == ["cutmix", "deit", "mine", "mixup"]
+    assert recipes["mine"].mixup.alpha == 0.3 and recipes["mine"].name == "mine"
+    assert recipes["deit"].description == "a retuned deit" and recipes["deit"].mixup is None
+    assert RandomMix("mine").recipe == recipes["mine"]
+    assert load_recipe("cutmix").cutmix.min_visibility == 0.25
+    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'deit', 'mine', 'mixup'\] .* got 'nope'"):
+        load_recipe("nope")
+    monkeypatch.setenv("DETMIX_RECIPES_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match=r"DETMIX_RECIPES_DIR must be a folder of recipe YAML files, got '.*absent'"):
+        builtin_recipes()
+    monkeypatch.delenv("DETMIX_RECIPES_DIR")
+    assert list(builtin_recipes()) == ["cutmix", "deit", "mixup"]
+    assert list(builtin_recipes(tmp_path)) == ["cutmix", "deit", "mine", "mixup"]
 
 
 @pytest.mark.parametrize(

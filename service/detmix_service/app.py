@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 import detmix
-from detmix.recipes import Recipe, builtin_recipes, load_recipe
+from detmix.recipes import Recipe, builtin_recipes
 from detmix_service.cocoio import UNION_TAGS
 from detmix_service.datasets import load_datasets
 from detmix_service.errors import ClientDisconnected, ErrorItem, ServiceError
@@ -40,10 +40,9 @@ logger = logging.getLogger("detmix_service")
 
 
 def load_recipes(settings: Settings) -> dict[str, Recipe]:
-    """The named recipes: ``settings.recipes_dir`` when set, else detmix's own."""
-    if settings.recipes_dir is None:
-        return builtin_recipes()
-    return {path.stem: load_recipe(path) for path in sorted(settings.recipes_dir.glob("*.yaml"))}
+    """The named recipes: detmix's own, with those of ``settings.recipes_dir`` added (and
+    replacing any of the same name), as :func:`detmix.recipes.builtin_recipes` reads them."""
+    return builtin_recipes(settings.recipes_dir)
 
 
 @asynccontextmanager

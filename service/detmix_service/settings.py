@@ -8,7 +8,7 @@ environment override it; :func:`load_settings` reads the file named by ``$DETMIX
 when there is one.
 
 ``DETMIX_DATA_DIR`` and ``DETMIX_RECIPES_DIR`` mean what they mean to the detmix core: where the
-synthetic dataset is cached and where the named recipes live.
+synthetic dataset is cached and a folder whose recipes are added to the packaged ones.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="name -> COCO annotation file and image folder"
     )
     data_dir: Path | None = Field(default=None, description="cache of the synthetic dataset (detmix default)")
-    recipes_dir: Path | None = Field(default=None, description="folder of named recipes (detmix default)")
+    recipes_dir: Path | None = Field(default=None, description="folder of more named recipes, added to detmix's own")
 
     # Security.
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

@@ -12,7 +12,7 @@ router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[ApiKeyChecked],
                    responses={401: {"model": ErrorResponse, "description": "API key missing or wrong"}})
 
 
-@router.get("/recipes", summary="The named recipes (configs/recipes)")
+@router.get("/recipes", summary="The named recipes (detmix's own and $DETMIX_RECIPES_DIR's)")
 async def recipes(runtime: RuntimeDep) -> list[Recipe]:
     return list(runtime.recipes.values())
 
