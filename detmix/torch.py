@@ -496,6 +496,9 @@ class BatchMix:
             target. They are gathered with the boxes; every other key is sample-level and is
             taken from the image whose canvas is kept.
         generator (torch.Generator, optional): the generator to draw from when a call passes none.
+            With neither, the draws come from torch's default (global) generator, as
+            torchvision's ``v2.CutMix`` draws: ``torch.manual_seed`` makes them repeatable; an
+            injected generator replays exactly whatever else draws from the global one.
         fill (float): value of the padding pixels. Default 0.
         size_divisible (int): round the padded canvas up to a multiple of this (32 in
             ``GeneralizedRCNNTransform``). Default 1.
@@ -521,7 +524,7 @@ class BatchMix:
         extras come back in the dtype common to the batch. Inputs are not modified; when nothing
         is mixed and no padding is needed, the input image tensor itself is returned.
 
-    Randomness comes only from the ``torch.Generator``: the permutation and one 63-bit seed are
+    Randomness comes only from the ``torch.Generator`` (given, or torch's default one): the permutation and one 63-bit seed are
     drawn on the generator's device (one copy to the host, none for a CPU generator); the seed
     starts a numpy generator from which :func:`detmix.sample_params` draws each pair's switch,
     lam (Beta, which torch cannot draw from a generator) and cut box (once per batch with
@@ -572,9 +575,8 @@ class BatchMix:
     def _generator(self, generator: torch.Generator | None) -> torch.Generator:
         generator = self.generator if generator is None else generator
         if generator is None:
-            raise TypeError(
-                "generator must be a torch.Generator: pass generator=... to the call or to BatchMix(...), got None"
-            )
+            # As torchvision's v2.CutMix: torch's global generator (torch.manual_seed seeds it).
+            return torch.default_generator
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         return generator
@@ -630,7 +632,7 @@ class BatchMix:
         self, images: Any, targets: Sequence[Mapping[str, Any]], generator: torch.Generator | None = None
     ) -> tuple[Any, list[dict[str, Any]]]:
         """Mix ``images`` and ``targets`` (see the class docstring) with parameters drawn from
-        ``generator`` (or the one given to :class:`BatchMix`)."""
+        ``generator`` (or the one given to :class:`BatchMix`, or torch's default generator)."""
         generator = self._generator(generator)
         batch = _parse_batch(images, targets, self.box_keys, self.size_divisible)
         params = self.make_params(batch.size, batch.canvas, generator)
@@ -966,7 +968,8 @@ class MixCollate:
     Args:
         mix (BatchMix): the batch transform.
         generator (torch.Generator, optional): where the draws come from; default
-            ``mix.generator``. In the main process (``num_workers=0``) it is used as it is. A
+            ``mix.generator``; with neither, torch's default generator, which the ``DataLoader``
+            seeds in each worker from its base seed and the worker's id. In the main process (``num_workers=0``) it is used as it is. A
             worker process has a copy of it, so each worker draws from its own generator seeded
             from ``generator.initial_seed()`` and the worker's seed
             (``torch.utils.data.get_worker_info().seed``, new every epoch): workers and epochs
@@ -982,11 +985,8 @@ class MixCollate:
         if not isinstance(mix, BatchMix):
             raise TypeError(f"mix must be a BatchMix, got {type(mix).__name__}")
         generator = mix.generator if generator is None else generator
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(
-                "generator must be a torch.Generator (here or in BatchMix(..., generator=...)), got "
-                f"{type(generator).__name__}"
-            )
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.mix = mix
         self.generator = generator
         self._worker: tuple[int, int] | None = None
@@ -995,9 +995,9 @@ class MixCollate:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.mix!r})"
 
-    def _current_generator(self) -> torch.Generator:
+    def _current_generator(self) -> torch.Generator | None:
         info = torch.utils.data.get_worker_info()
-        if info is None:
+        if info is None or self.generator is None:
             return self.generator
         key = (int(info.id), int(info.seed))
         if self._worker != key:

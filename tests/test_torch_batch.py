@@ -655,6 +655,41 @@ def test_call_errors_name_the_argument(change, error, message):
         BatchMix("deit", per="pair")(images, targets, generator=gen(0))
 
 
+def _eight():
+    g = torch.Generator().manual_seed(5)
+    images = [torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=g) for _ in range(8)]
+    targets = [{"boxes": torch.tensor([[2.0, 3.0, 20.0, 18.0]]), "labels": torch.tensor([i + 1])} for i in range(8)]
+    return images, targets
+
+
+def test_without_a_generator_draws_from_torchs_default_one_as_torchvision_does():
+    images, targets = _eight()
+    mix = BatchMix("deit", per="pair")
+    torch.manual_seed(123)
+    out_images, out_targets = mix(images, targets)
+    first = mix.last_params
+    assert len(out_images) == 8 and all("weights" in t for t in out_targets)
+    assert sorted(first.partner.tolist()) == list(range(8)) and (first.partner != torch.arange(8)).all()
+    # The global generator advanced: the next call draws something else ...
+    mix(images, targets)
+    assert mix.last_params.to_dict() != first.to_dict()
+    # ... and torch.manual_seed repeats the draw, as it does for v2.CutMix.
+    torch.manual_seed(123)
+    again_images, again_targets = mix(images, targets)
+    assert mix.last_params.to_dict() == first.to_dict()
+    assert all(torch.equal(x, y) for x, y in zip(out_images, again_images))
+    assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(out_targets, again_targets))
+    # An injected generator still replays exactly, whatever the global generator did meanwhile.
+    injected = mix(images, targets, generator=gen(7))
+    torch.manual_seed(999)
+    torch.rand(10)
+    assert mix(images, targets, generator=gen(7))[0][3].equal(injected[0][3])
+    # The collate function too: no generator needed, the global one (per worker, seeded by the DataLoader).
+    torch.manual_seed(123)
+    collated = MixCollate(BatchMix("deit", per="pair"))(list(zip(images, targets)))
+    assert all(torch.equal(x, y) for x, y in zip(collated[0], out_images))
+
+
 def test_box_keys_and_generator_errors():
     images, targets = _two()
     mix = BatchMix("deit", box_keys=["ids"])
@@ -669,9 +704,6 @@ def test_box_keys_and_generator_errors():
     message = "targets[1]['ids'] has rows of shape (2,) but targets[0]['ids'] has ()"
     with pytest.raises(ValueError, match=re.escape(message)):
         mix(images, targets, generator=gen(0))
-    with pytest.raises(TypeError, match=re.escape(
-            "generator must be a torch.Generator: pass generator=... to the call or to BatchMix(...), got None")):
-        mix(images, targets)
     with pytest.raises(TypeError, match=re.escape("generator must be a torch.Generator, got Generator")):
         mix(images, targets, generator=np.random.default_rng(0))
 
@@ -706,8 +738,7 @@ def test_replay_and_collate_errors():
     with pytest.raises(TypeError, match="mix must be a BatchMix, got RandomMix"):
         from detmix import RandomMix
         MixCollate(RandomMix("deit"), generator=gen(0))
-    with pytest.raises(TypeError, match=re.escape(
-            "generator must be a torch.Generator (here or in BatchMix(..., generator=...)), got NoneType")):
-        MixCollate(BatchMix("deit"))
+    with pytest.raises(TypeError, match=re.escape("generator must be a torch.Generator or None, got int")):
+        MixCollate(BatchMix("deit"), generator=0)
     with pytest.raises(TypeError, match=re.escape("batch[1] must be an (image, target) pair, got Tensor")):
         MixCollate(mix)([(images[0], targets[0]), images[1]])
