@@ -18,15 +18,32 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace, is_numpy_array, is_torch_array
 
+#: Crowd regions (COCO ``iscrowd=1``): never targets, mixed with the pixels (see :class:`Crowd`).
+CROWD_KEYS = frozenset({"crowd_boxes", "crowd_mask", "crowd_masks"})
 #: Keys with a fixed meaning; everything else is an extra.
-RESERVED = frozenset({"image", "boxes", "labels", "masks"})
+RESERVED = frozenset({"image", "boxes", "labels", "masks"}) | CROWD_KEYS
 #: Array-valued keys that are known to describe the whole sample, never one row per box.
-SAMPLE_LEVEL_KEYS = frozenset({"crowd_boxes", "crowd_mask", "orig_size", "size", "image_size"})
+SAMPLE_LEVEL_KEYS = frozenset({"orig_size", "size", "image_size"}) | CROWD_KEYS
 #: Keys written by the mixing kernels; they are replaced, never carried along.
-OUTPUT_KEYS = frozenset({"weights", "source", "index", "lam", "dropped"})
+OUTPUT_KEYS = frozenset({"weights", "source", "index", "lam", "dropped", "crowd_source", "crowd_index"})
 
 _NUMPY_IMAGE_DTYPES = ("uint8", "float32", "float64")
 _TORCH_IMAGE_DTYPES = ("uint8", "float16", "bfloat16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class Crowd:
+    """A sample's crowd regions: ``boxes`` ``(M, 4)`` xyxy floats, and optionally ``mask``, the
+    ``(H, W)`` union of the regions (as :class:`detmix.coco.CocoDetectionSource` gives it), and
+    ``masks``, one ``(M, H, W)`` mask per region (as the service decodes them)."""
+
+    boxes: Any
+    mask: Any | None = None
+    masks: Any | None = None
+
+    @property
+    def num(self) -> int:
+        return int(self.boxes.shape[0])
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class Parsed:
     masks: Any | None
     arrays: dict[str, Any] = field(default_factory=dict)  # extras that are arrays (per-box candidates)
     scalars: dict[str, Any] = field(default_factory=dict)  # extras that are not arrays
+    crowd: Crowd | None = None  # None when the sample has no crowd key at all
 
     @property
     def num_boxes(self) -> int:
@@ -138,8 +156,7 @@ def parse_sample(sample: Any, name: str, *, check_values: bool = True) -> Parsed
                 f"{name}['masks'] must have shape ({n}, {height}, {width}) (one mask per box on the image's "
                 f"canvas), got {tuple(masks.shape)}"
             )
-        if _dtype_name(masks) not in ("bool", "uint8"):
-            raise TypeError(f"{name}['masks'] must be bool or uint8, got dtype {_dtype_name(masks)}")
+        masks = _canonical_mask(masks, f"{name}['masks']")
 
     arrays: dict[str, Any] = {}
     scalars: dict[str, Any] = {}
@@ -153,23 +170,73 @@ def parse_sample(sample: Any, name: str, *, check_values: bool = True) -> Parsed
 
     if check_values and n:
         _check_box_values(xp, boxes, height, width, name)
-    return Parsed(kind, xp, image, layout, height, width, boxes, labels, masks, arrays, scalars)
+    crowd = _parse_crowd(sample, kind, image, xp, height, width, name, check_values)
+    return Parsed(kind, xp, image, layout, height, width, boxes, labels, masks, arrays, scalars, crowd)
 
 
-def _check_box_values(xp: Any, boxes: Any, height: int, width: int, name: str) -> None:
+def _canonical_mask(masks: Any, name: str) -> Any:
+    """bool or uint8 masks; a bool array is made canonical (bytes 0/1): Pillow's mode ``"1"``
+    arrays hold 0/255, which every byte-level reduction would count 255 times."""
+    dtype = _dtype_name(masks)
+    if dtype not in ("bool", "uint8"):
+        raise TypeError(f"{name} must be bool or uint8, got dtype {dtype}")
+    return masks != 0 if dtype == "bool" else masks
+
+
+def _parse_crowd(
+    sample: dict[str, Any], kind: str, image: Any, xp: Any, height: int, width: int, name: str, check_values: bool
+) -> Crowd | None:
+    """The crowd regions of a sample (:class:`Crowd`), or None when it has no crowd key."""
+    if not any(sample.get(key) is not None for key in CROWD_KEYS):
+        return None
+    raw = sample.get("crowd_boxes")
+    if raw is None:
+        raise ValueError(f"{name} has a crowd mask but no 'crowd_boxes'; give the (M, 4) xyxy boxes of its crowd regions")
+    boxes = _as_kind(raw, kind, image, f"{name}['crowd_boxes']")
+    if boxes.ndim == 1 and boxes.shape[0] == 0:
+        boxes = xp.reshape(boxes, (0, 4))
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name}['crowd_boxes'] must have shape (M, 4) in xyxy pixels, got shape {tuple(boxes.shape)}")
+    if not xp.isdtype(boxes.dtype, "real floating"):
+        boxes = xp.astype(boxes, xp.float32)
+    m = int(boxes.shape[0])
+    if check_values and m:
+        _check_box_values(xp, boxes, height, width, name, key="crowd_boxes")
+    mask = sample.get("crowd_mask")
+    if mask is not None:
+        mask = _as_kind(mask, kind, image, f"{name}['crowd_mask']")
+        if tuple(mask.shape) != (height, width):
+            raise ValueError(
+                f"{name}['crowd_mask'] must have shape ({height}, {width}) (the union of the crowd regions on the "
+                f"image's canvas), got {tuple(mask.shape)}"
+            )
+        mask = _canonical_mask(mask, f"{name}['crowd_mask']")
+    masks = sample.get("crowd_masks")
+    if masks is not None:
+        masks = _as_kind(masks, kind, image, f"{name}['crowd_masks']")
+        if tuple(masks.shape) != (m, height, width):
+            raise ValueError(
+                f"{name}['crowd_masks'] must have shape ({m}, {height}, {width}) (one mask per crowd box on the "
+                f"image's canvas), got {tuple(masks.shape)}"
+            )
+        masks = _canonical_mask(masks, f"{name}['crowd_masks']")
+    return Crowd(boxes, mask, masks)
+
+
+def _check_box_values(xp: Any, boxes: Any, height: int, width: int, name: str, key: str = "boxes") -> None:
     finite = xp.all(xp.isfinite(boxes), axis=1)
     if not bool(xp.all(finite)):
         i = int(xp.argmin(xp.astype(finite, xp.int32)))
-        raise ValueError(f"{name}['boxes'][{i}] must be finite, got {_row(boxes, i)}")
+        raise ValueError(f"{name}[{key!r}][{i}] must be finite, got {_row(boxes, i)}")
     inverted = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     if bool(xp.any(inverted)):
         i = int(xp.argmax(xp.astype(inverted, xp.int32)))
-        raise ValueError(f"{name}['boxes'][{i}] must satisfy x1 < x2 and y1 < y2 (xyxy), got {_row(boxes, i)}")
+        raise ValueError(f"{name}[{key!r}][{i}] must satisfy x1 < x2 and y1 < y2 (xyxy), got {_row(boxes, i)}")
     outside = (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
     if bool(xp.any(outside)):
         i = int(xp.argmax(xp.astype(outside, xp.int32)))
         raise ValueError(
-            f"{name}['boxes'][{i}] must lie inside the {width}x{height} canvas (0 <= x <= {width}, "
+            f"{name}[{key!r}][{i}] must lie inside the {width}x{height} canvas (0 <= x <= {width}, "
             f"0 <= y <= {height}), got {_row(boxes, i)}; clip boxes before mixing"
         )
 
@@ -194,6 +261,15 @@ def check_pair(pa: Parsed, pb: Parsed) -> None:
     if (pa.masks is None) != (pb.masks is None):
         have, lack = ("a", "b") if pa.masks is not None else ("b", "a")
         raise ValueError(f"masks were given for {have} but not for {lack}; give masks for both samples or neither")
+    for key in ("mask", "masks"):
+        ca, cb = (getattr(p.crowd, key) if p.crowd is not None else None for p in (pa, pb))
+        for have, lack, other in (("a", "b", pb), ("b", "a", pa)):
+            given, missing = (ca, cb) if have == "a" else (cb, ca)
+            if given is not None and missing is None and other.crowd is not None and other.crowd.num:
+                raise ValueError(
+                    f"crowd_{key} was given for {have} but not for {lack}, which has crowd_boxes; give crowd_{key} "
+                    "for both samples or neither"
+                )
 
 
 def split_extras(

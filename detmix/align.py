@@ -6,6 +6,9 @@
 * ``"resize"``: ``b`` is resized to ``a``'s canvas (bilinear for the image, nearest for masks)
   and its boxes are scaled with it.
 
+Crowd regions (``crowd_boxes``, ``crowd_mask``, ``crowd_masks``) are aligned with the image like
+the boxes and masks.
+
 CutMix reads ``b``'s pixels inside its cut box only, so :func:`align_pair` takes that box as
 ``window`` and computes nothing of ``b``'s image outside it. uint8 images on the numpy path are
 resized by Pillow in two separable passes run one at a time, so that a window comes out bit for
@@ -185,31 +188,48 @@ def _resize_whole_image(p: Parsed, height: int, width: int) -> Any:
     return out[..., 0] if p.layout == "HW" else out
 
 
-def _pad_masks(p: Parsed, height: int, width: int) -> Any:
-    xp = p.xp
-    out = xp.zeros((p.num_boxes, height, width), dtype=p.masks.dtype, device=getattr(p.masks, "device", None))
-    out[:, : p.height, : p.width] = p.masks
+def _pad_masks(masks: Any, height: int, width: int) -> Any:
+    """``(..., h, w)`` masks top-left on a ``height x width`` canvas of zeros."""
+    xp = array_namespace(masks)
+    out = xp.zeros((*masks.shape[:-2], height, width), dtype=masks.dtype, device=getattr(masks, "device", None))
+    out[..., : masks.shape[-2], : masks.shape[-1]] = masks
     return out
 
 
-def _resize_masks(p: Parsed, height: int, width: int) -> Any:
-    """Nearest neighbour by index arithmetic (pixel centres), the same on numpy and torch."""
-    xp = p.xp
-    dev = getattr(p.masks, "device", None)
-    rows = xp.astype(xp.floor((xp.arange(height, dtype=xp.float64, device=dev) + 0.5) * (p.height / height)), xp.int64)
-    cols = xp.astype(xp.floor((xp.arange(width, dtype=xp.float64, device=dev) + 0.5) * (p.width / width)), xp.int64)
-    rows = xp.clip(rows, max=p.height - 1)
-    cols = xp.clip(cols, max=p.width - 1)
-    return xp.take(xp.take(p.masks, rows, axis=1), cols, axis=2)
+def _resize_masks(masks: Any, height: int, width: int) -> Any:
+    """``(..., h, w)`` masks resized to ``height x width``: nearest neighbour by index
+    arithmetic (pixel centres), the same on numpy and torch."""
+    xp = array_namespace(masks)
+    dev = getattr(masks, "device", None)
+    src_h, src_w = masks.shape[-2:]
+    rows = xp.astype(xp.floor((xp.arange(height, dtype=xp.float64, device=dev) + 0.5) * (src_h / height)), xp.int64)
+    cols = xp.astype(xp.floor((xp.arange(width, dtype=xp.float64, device=dev) + 0.5) * (src_w / width)), xp.int64)
+    rows = xp.clip(rows, max=src_h - 1)
+    cols = xp.clip(cols, max=src_w - 1)
+    return xp.take(xp.take(masks, rows, axis=masks.ndim - 2), cols, axis=masks.ndim - 1)
 
 
-def _resize_boxes(p: Parsed, height: int, width: int) -> Any:
-    xp = array_namespace(p.boxes)
-    sx, sy = width / p.width, height / p.height
-    scale = xp.asarray([sx, sy, sx, sy], dtype=p.boxes.dtype, device=getattr(p.boxes, "device", None))
-    boxes = p.boxes * scale
-    limit = xp.asarray([width, height, width, height], dtype=p.boxes.dtype, device=getattr(p.boxes, "device", None))
-    return xp.clip(boxes, min=xp.zeros_like(limit), max=limit)
+def _resize_boxes(boxes: Any, src: tuple[int, int], height: int, width: int) -> Any:
+    """xyxy ``boxes`` of a ``src`` (height, width) canvas scaled to ``height x width``."""
+    xp = array_namespace(boxes)
+    sx, sy = width / src[1], height / src[0]
+    scale = xp.asarray([sx, sy, sx, sy], dtype=boxes.dtype, device=getattr(boxes, "device", None))
+    limit = xp.asarray([width, height, width, height], dtype=boxes.dtype, device=getattr(boxes, "device", None))
+    return xp.clip(boxes * scale, min=xp.zeros_like(limit), max=limit)
+
+
+def _aligned_crowd(p: Parsed, height: int, width: int, resize: bool) -> dict[str, Any]:
+    """``p``'s crowd regions on the ``height x width`` canvas: padded, or resized with the image
+    (boxes scaled, masks by nearest neighbour). Empty when ``p`` has none."""
+    if p.crowd is None:
+        return {}
+    masks = _resize_masks if resize else _pad_masks
+    out = {"crowd_boxes": _resize_boxes(p.crowd.boxes, (p.height, p.width), height, width) if resize else p.crowd.boxes}
+    if p.crowd.mask is not None:
+        out["crowd_mask"] = masks(p.crowd.mask, height, width)
+    if p.crowd.masks is not None:
+        out["crowd_masks"] = masks(p.crowd.masks, height, width)
+    return out
 
 
 def align_pair(
@@ -239,18 +259,20 @@ def align_pair(
     if window is not None:
         window = check_cut_box(window, height, width, name="window")
     if mode == "resize":
-        masks = None if pb.masks is None else _resize_masks(pb, pa.height, pa.width)
+        masks = None if pb.masks is None else _resize_masks(pb.masks, pa.height, pa.width)
         return a, _with(
             b,
             image=_resize_image(pb, pa.height, pa.width, window, fill),
-            boxes=_resize_boxes(pb, pa.height, pa.width),
+            boxes=_resize_boxes(pb.boxes, (pb.height, pb.width), pa.height, pa.width),
             masks=masks,
+            **_aligned_crowd(pb, pa.height, pa.width, resize=True),
         )
     out = []
     for p, s, only in ((pa, a, None), (pb, b, window)):
         if (p.height, p.width) == (height, width) and only is None:
             out.append(s)
             continue
-        masks = None if p.masks is None else _pad_masks(p, height, width)
-        out.append(_with(s, image=_pad_image(p, height, width, fill, only), boxes=p.boxes, masks=masks))
+        masks = None if p.masks is None else _pad_masks(p.masks, height, width)
+        out.append(_with(s, image=_pad_image(p, height, width, fill, only), boxes=p.boxes, masks=masks,
+                         **_aligned_crowd(p, height, width, resize=False)))
     return out[0], out[1]

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from array_api_compat import array_namespace, device, is_numpy_array
 
-from detmix._sample import Parsed, check_pair, parse_sample, split_extras
+from detmix._sample import Crowd, Parsed, check_pair, parse_sample, split_extras
 
 __all__ = [
     "DropReason",
@@ -42,7 +42,10 @@ __all__ = [
     "mixup",
     "mixup_drop_reasons",
     "mixup_image",
+    "mix_crowd",
     "region_mask",
+    "visible_boxes",
+    "box_region_masks",
 ]
 
 WeightMode = Literal["visibility", "lam", "hard"]
@@ -119,12 +122,13 @@ def cutmix_boxes(boxes: Any, cut: Any, pasted: Any) -> tuple[Any, Any]:
 
 
 def _binary(masks: Any) -> Any:
-    """0/1 uint8 masks from bool or uint8 ones. Reductions on uint8 are far faster than on bool
-    (torch) and a bool array reinterpreted as uint8 costs no copy: the one place where the
-    kernels look at the backend, since the array API has no reinterpreting view."""
+    """0/1 uint8 masks from bool or uint8 ones: any non-zero byte is one pixel. A bool array
+    made by Pillow (mode ``"1"``) holds bytes 0/255, so it is compared first: the comparison's
+    bools are canonical 0/1 on numpy and torch alike. Reductions on uint8 are far faster than on
+    bool (torch) and a canonical bool array reinterpreted as uint8 costs no copy: the one place
+    where the kernels look at the backend, since the array API has no reinterpreting view."""
     xp = array_namespace(masks)
-    on = masks if masks.dtype == xp.bool else masks != 0
-    return on.view(xp.uint8)
+    return (masks != 0).view(xp.uint8)
 
 
 def _pixel_counts(on: Any) -> Any:
@@ -154,6 +158,26 @@ def masks_to_boxes(masks: Any, dtype: Any = None) -> Any:
     empty = xp.max(rows, axis=1) == 0
     boxes = xp.where(empty[:, None], xp.zeros_like(boxes), boxes)
     return xp.astype(boxes, dtype if dtype is not None else xp.float32)
+
+
+def visible_boxes(boxes: Any, mask_boxes: Any, visibility: Any) -> Any:
+    """The box rule with instance masks: an object the pasted region does not touch (all of its
+    mask's pixels are still its own, visibility 1) keeps its input box exactly; a touched one
+    gets the tight box of its visible mask (``mask_boxes``, :func:`masks_to_boxes`) clipped to
+    its input box, so it never grows. ``boxes`` and ``mask_boxes`` are ``(N, 4)`` xyxy of one
+    float dtype; a box whose visible mask lies outside its input box comes out empty
+    (``x2 <= x1``), which :func:`drop_reasons` counts as invisible."""
+    xp = array_namespace(boxes)
+    clipped = xp.concat([xp.maximum(boxes[:, :2], mask_boxes[:, :2]), xp.minimum(boxes[:, 2:], mask_boxes[:, 2:])], axis=1)
+    return xp.where((visibility >= 1)[:, None], boxes, clipped)
+
+
+def box_region_masks(boxes: Any, height: int, width: int) -> Any:
+    """Boolean ``(N, H, W)`` maps of the pixels that float xyxy ``boxes`` cover, in part or
+    whole: columns ``floor(x1) <= x < ceil(x2)``, rows likewise."""
+    xp = array_namespace(boxes)
+    cover = xp.concat([xp.floor(boxes[:, :2]), xp.ceil(boxes[:, 2:])], axis=1)
+    return region_mask(cover, height, width)
 
 
 def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[Any, Any, Any]:
@@ -219,7 +243,8 @@ def drop_reasons(
     min_size: float = 0.0,
 ) -> Any:
     """``(N,)`` int64 codes: -1 for a kept box, else the first :class:`DropReason` that applies
-    (invisible, then min_visibility, min_area, min_size)."""
+    (invisible, then min_visibility, min_area, min_size). A box left empty (``x2 <= x1`` or
+    ``y2 <= y1``, see :func:`visible_boxes`) counts as invisible."""
     xp = array_namespace(boxes)
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
@@ -229,7 +254,7 @@ def drop_reasons(
         ((w < min_size) | (h < min_size), DropReason.MIN_SIZE),
         (w * h < min_area, DropReason.MIN_AREA),
         (visibility < min_visibility, DropReason.MIN_VISIBILITY),
-        (visibility <= 0, DropReason.INVISIBLE),
+        ((visibility <= 0) | (w <= 0) | (h <= 0), DropReason.INVISIBLE),
     ):
         reason = xp.where(hit, xp.full_like(reason, int(code)), reason)
     return reason
@@ -336,6 +361,88 @@ def _mixup_uint8_by_table(xp: Any, a: Any, b: Any, lam: Any) -> Any:
     return xp.reshape(xp.take(table, xp.reshape(index, (-1,))), a.shape)
 
 
+def mix_crowd(
+    crowd_a: Crowd | None, crowd_b: Crowd | None, height: int, width: int, *, cut: Sequence[int] | None = None,
+    lam: float | None = None,
+) -> dict[str, Any] | None:
+    """Mix the crowd regions (COCO ``iscrowd=1``) of a pair: they are never targets, only
+    regions to ignore, and they follow the pixels like any mask.
+
+    With ``cut`` (CutMix, four ints; ``(0, 0, 0, 0)`` mixes nothing): ``a``'s regions outside
+    the cut, ``b``'s inside it. With ``lam`` (MixUp): the regions of both, but none of a side
+    whose share of the blend is 0. A region's box is its input box while the cut does not touch
+    it and otherwise the tight box of its visible part, clipped to its input box (the object
+    box rule, :func:`visible_boxes`); a region with nothing visible is removed. Without masks
+    the visible part is the box rule's (:func:`cutmix_boxes`). A region's mask is its own
+    ``masks`` row or, from a union ``mask``, the union's pixels under its box.
+
+    Args:
+        crowd_a, crowd_b: the regions of ``a`` and ``b`` on one ``height x width`` canvas, or
+            None for a sample without crowd keys (taken as no regions).
+
+    Returns:
+        None when neither side has crowd keys; else ``crowd_boxes`` ``(K, 4)``, ``crowd_source``
+        and ``crowd_index`` ``(K,)`` int64 (side 0/1 and row there), and ``crowd_mask``
+        ``(H, W)`` (the mixed union, as the image: a's outside the cut and b's inside, or the
+        union of the shown sides for MixUp) and ``crowd_masks`` ``(K, H, W)`` where given.
+    """
+    if crowd_a is None and crowd_b is None:
+        return None
+    given = crowd_a if crowd_a is not None else crowd_b
+    xp = array_namespace(given.boxes)
+    dev = device(given.boxes)
+    dtype = given.boxes.dtype
+    empty = Crowd(xp.zeros((0, 4), dtype=dtype, device=dev))
+    ca, cb = crowd_a or empty, crowd_b or empty
+    boxes = xp.concat([xp.astype(ca.boxes, dtype), xp.astype(cb.boxes, dtype)], axis=0)
+    source = xp.concat([xp.zeros(ca.num, dtype=xp.int64, device=dev), xp.ones(cb.num, dtype=xp.int64, device=dev)])
+    index = xp.concat([xp.arange(ca.num, dtype=xp.int64, device=dev), xp.arange(cb.num, dtype=xp.int64, device=dev)])
+    pasted = source == 1
+    per_region = _crowd_masks(ca, height, width, xp, dev), _crowd_masks(cb, height, width, xp, dev)
+    masks = None if per_region[0] is None and per_region[1] is None else xp.concat(
+        [m if m is not None else xp.zeros((c.num, height, width), dtype=xp.bool, device=dev)
+         for m, c in zip(per_region, (ca, cb))], axis=0)
+
+    if cut is not None:
+        x1, y1, x2, y2 = (int(v) for v in cut)
+        if masks is not None:
+            masks, visibility, tight = cutmix_masks(masks, (x1, y1, x2, y2), pasted, dtype)
+            boxes = visible_boxes(boxes, tight, visibility)
+        else:
+            box = xp.asarray([x1, y1, x2, y2], dtype=dtype, device=dev)
+            boxes, visibility = cutmix_boxes(boxes, box, pasted)
+        keep = drop_reasons(boxes, visibility) < 0
+    else:
+        share = xp.where(pasted, xp.full_like(boxes[:, 0], 1.0 - lam), xp.full_like(boxes[:, 0], lam))
+        keep = share > 0
+    out: dict[str, Any] = {
+        "crowd_boxes": boxes[keep],
+        "crowd_source": source[keep],
+        "crowd_index": index[keep],
+    }
+    if ca.mask is not None or cb.mask is not None:
+        ref = ca.mask if ca.mask is not None else cb.mask
+        ma, mb = (c.mask if c.mask is not None else xp.zeros_like(ref) for c in (ca, cb))
+        if cut is not None:
+            union = cutmix_image(ma, xp.astype(mb, ref.dtype), (x1, y1, x2, y2), "HW")
+        else:  # the union of the sides shown in the blend
+            shown = [m != 0 for m, on in ((ma, lam > 0), (mb, lam < 1)) if on]
+            union = xp.astype(shown[0] | shown[1] if len(shown) == 2 else shown[0], ref.dtype)
+        out["crowd_mask"] = union
+    if masks is not None and (ca.masks is not None or cb.masks is not None):
+        out["crowd_masks"] = masks[keep]
+    return out
+
+
+def _crowd_masks(crowd: Crowd, height: int, width: int, xp: Any, dev: Any) -> Any | None:
+    """One bool mask per region: its own, or the union's pixels under its box."""
+    if crowd.masks is not None:
+        return crowd.masks != 0
+    if crowd.mask is not None:
+        return box_region_masks(crowd.boxes, height, width) & (crowd.mask != 0)[None]
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Sample functions
 # --------------------------------------------------------------------------------------------
@@ -412,8 +519,10 @@ def _assemble(
     weight: str,
     lam: float,
     box_keys: Sequence[str] | None,
+    crowd: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Gather the kept rows of everything that rides with the boxes, and record the dropped."""
+    """Gather the kept rows of everything that rides with the boxes, record the dropped, and add
+    the mixed crowd regions (:func:`mix_crowd`)."""
     xp = pa.xp
     source, index = _source_and_index(xp, pa, pb)
     keep = reason < 0
@@ -441,6 +550,8 @@ def _assemble(
         "visibility": visibility[gone],
         "reason": reason[gone],
     }
+    if crowd is not None:
+        out.update(crowd)
     return out
 
 
@@ -476,6 +587,10 @@ def cutmix(
         1 for ``b``), ``index`` (row in its source), ``lam`` (``1 - area(cut) / (H * W)``) and
         ``dropped`` (``source``, ``index``, ``visibility``, ``reason`` of every removed box).
         Kept boxes come in the order of ``a``'s then ``b``'s. Inputs are not modified.
+        With masks, a box the cut does not touch is returned as it came; a touched one is the
+        tight box of its visible mask, clipped to the input box (:func:`visible_boxes`). When
+        either sample has crowd regions (``crowd_boxes``, ``crowd_mask``, ``crowd_masks``), the
+        output has them mixed by :func:`mix_crowd`, never among the boxes.
     """
     pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
     check_pair(pa, pb)
@@ -499,13 +614,15 @@ def cutmix(
         # a's masks and b's apart, then the results joined: faster than cutting their concatenation.
         part_a = cutmix_masks(pa.masks, (x1, y1, x2, y2), pasted[: pa.num_boxes], dtype)
         part_b = cutmix_masks(pb.masks, (x1, y1, x2, y2), pasted[pa.num_boxes :], dtype)
-        masks, visibility, boxes = (_concat_pair(xp, u, v) for u, v in zip(part_a, part_b))
+        masks, visibility, tight = (_concat_pair(xp, u, v) for u, v in zip(part_a, part_b))
+        boxes = visible_boxes(boxes, tight, visibility)
     else:
         boxes, visibility = cutmix_boxes(boxes, cut, pasted)
     reason = drop_reasons(boxes, visibility, min_visibility=min_visibility, min_area=min_area, min_size=min_size)
     share = xp.where(pasted, xp.full_like(visibility, 1.0 - lam), xp.full_like(visibility, lam))
     image = cutmix_image(pa.image, pb.image, (x1, y1, x2, y2), pa.layout)
-    return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam, box_keys)
+    crowd = mix_crowd(pa.crowd, pb.crowd, pa.height, pa.width, cut=(x1, y1, x2, y2))
+    return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam, box_keys, crowd)
 
 
 def mixup(
@@ -537,6 +654,7 @@ def mixup(
     source, _ = _source_and_index(xp, pa, pb)
     share = xp.where(source == 1, xp.full_like(boxes[:, 0], 1.0 - lam), xp.full_like(boxes[:, 0], lam))
     reason = mixup_drop_reasons(share, min_weight=min_weight)
-    masks = None if pa.masks is None else _concat_pair(xp, pa.masks, pb.masks)
+    masks = None if pa.masks is None else _concat_pair(xp, pa.masks, xp.astype(pb.masks, pa.masks.dtype))
     image = mixup_image(pa.image, pb.image, lam)
-    return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam, box_keys)
+    crowd = mix_crowd(pa.crowd, pb.crowd, pa.height, pa.width, lam=lam)
+    return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam, box_keys, crowd)

@@ -264,12 +264,12 @@ def test_extras_ride_along_and_sample_keys_pass_through():
 
 
 def test_arrays_of_other_lengths_are_sample_level_from_a():
-    a = make_sample(50, 50, [[0, 0, 10, 10], [30, 30, 40, 40]], crowd_boxes=np.zeros((0, 4)), orig_size=[50, 50])
-    b = make_sample(50, 50, [[0, 0, 50, 50]], crowd_boxes=np.ones((1, 4)), orig_size=[50, 50])
+    a = make_sample(50, 50, [[0, 0, 10, 10], [30, 30, 40, 40]], size=np.array([50, 50]), orig_size=[50, 50])
+    b = make_sample(50, 50, [[0, 0, 50, 50]], size=np.array([60]), orig_size=[50, 50])
     out = F.cutmix(a, b, (25, 25, 50, 50))
-    assert out["crowd_boxes"] is a["crowd_boxes"] and out["orig_size"] is a["orig_size"]
-    # b's crowd_boxes has one row per box by coincidence, but it is a known sample-level key
-    assert F.cutmix(a, b, (25, 25, 50, 50))["crowd_boxes"] is a["crowd_boxes"]
+    assert out["size"] is a["size"] and out["orig_size"] is a["orig_size"]
+    # a's and b's size have one row per box by coincidence, but it is a known sample-level key
+    assert "crowd_boxes" not in out
     a["tags"], b["tags"] = np.array([1, 2]), np.array([3])  # an unknown key: name the per-box keys to be exact
     assert F.cutmix(a, b, (0, 0, 1, 1))["tags"].tolist() == [1, 2, 3]
     assert F.cutmix(a, b, (0, 0, 1, 1), box_keys=[])["tags"] is a["tags"]

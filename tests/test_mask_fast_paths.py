@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -184,6 +185,36 @@ def test_string_reader_matches_rlefrstring_with_the_same_errors(string: str) -> 
 )
 def test_string_reader_values_beyond_int64(string: str) -> None:
     assert outcome(_string_to_counts, string) == outcome(reference_string_to_counts, string)
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(rle_strings, st.integers(0, 2**12))
+def test_string_reader_bounded_by_the_pixel_count_agrees_or_refuses(string: str, limit: int) -> None:
+    # What decode_rle reads for a mask of ``limit`` pixels: the same runs when they fit it (and
+    # no value takes over 12 characters), else an error, never a run past it.
+    bounded = outcome(lambda s: _string_to_counts(s, limit=limit), string)
+    free = outcome(_string_to_counts, string)
+    if free[0] == "runs" and sum(free[1]) <= limit and not re.search("[P-o]{12}", string):
+        assert bounded == free
+    else:
+        assert bounded[0] == "error"
+
+
+@pytest.mark.parametrize(
+    ("string", "limit", "match"),
+    [
+        ("o" * 80_000 + "0", 64, r"value 0 \(characters 0..80000\) is longer than the 12 characters"),
+        ("o" * 13 + "0", 2**32, r"value 0 \(characters 0..13\) is longer than the 12 characters"),
+        ("1" + "n" * 11 + "7", 64, r"runs pass the mask's 64 pixels at run 1 \(ending at character 12\)"),
+        ("4" * 17, 64, r"runs pass the mask's 64 pixels at run 7 \(ending at character 7\)"),  # 4, 4, 4, 8, 8, 12, 12, 16
+        ("44" + "n" * 11 + "N", 64, r"decodes to a negative run \(-\d+\) at run 2"),
+    ],
+)
+def test_string_reader_bounded_refuses_at_the_first_run_past_the_mask(string: str, limit: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _string_to_counts(string, limit=limit)
+    with pytest.raises(ValueError, match=match):
+        decode_rle({"size": [1, limit], "counts": string})
 
 
 @SETTINGS
@@ -363,6 +394,7 @@ def test_cutmix_uses_the_int_cut_with_the_same_result(monkeypatch) -> None:
         np.concatenate([a["masks"], b["masks"]]), np.asarray(cut, np.float64), np.array([False, False, True]), np.float64
     )
     keep = visibility > 0
+    given = np.concatenate([a["boxes"], b["boxes"]])
     np.testing.assert_array_equal(out["masks"], masks[keep])
-    np.testing.assert_array_equal(out["boxes"], boxes[keep])
+    np.testing.assert_array_equal(out["boxes"], F.visible_boxes(given, boxes, visibility)[keep])
     np.testing.assert_array_equal(out["weights"], visibility[keep])

@@ -86,8 +86,16 @@ def test_cutmix_invariants(pair, kw):
     assert ((out["weights"] > 0) & (out["weights"] <= 1)).all()
     assert (out["weights"] >= kw["min_visibility"]).all()
     if "masks" in out:
-        # each box is the tight box of its (non-empty) mask, and masks lie on their side of the cut
-        np.testing.assert_array_equal(out["boxes"], F.masks_to_boxes(out["masks"], np.float64))
+        # an object whose mask the cut leaves whole keeps its input box; a touched one gets the
+        # tight box of its visible mask clipped to its input box (never larger); masks lie on
+        # their side of the cut
+        given = np.array([(a if s == 0 else b)["boxes"][i] for s, i in zip(out["source"], out["index"])]).reshape(-1, 4)
+        given_masks = [(a if s == 0 else b)["masks"][i] for s, i in zip(out["source"], out["index"])]
+        untouched = np.array([(m == g).all() for m, g in zip(out["masks"], given_masks)], bool)
+        tight = F.masks_to_boxes(out["masks"], np.float64)
+        clipped = np.concatenate([np.maximum(given[:, :2], tight[:, :2]), np.minimum(given[:, 2:], tight[:, 2:])], axis=1)
+        np.testing.assert_array_equal(out["boxes"], np.where(untouched[:, None], given, clipped).reshape(-1, 4))
+        assert (untouched == (out["weights"] == 1)).all()
         region = np.zeros((height, width), bool)
         region[cut[1]:cut[3], cut[0]:cut[2]] = True
         for m, s in zip(out["masks"].astype(bool), out["source"]):
@@ -103,9 +111,9 @@ def test_zero_area_cut_is_identity(pair):
     np.testing.assert_array_equal(out["image"], a["image"])
     nonempty = np.ones(len(a["boxes"]), bool) if "masks" not in a else a["masks"].any(axis=(1, 2))
     assert out["index"].tolist() == np.flatnonzero(nonempty).tolist() and (out["source"] == 0).all()
-    if "masks" not in a:
-        np.testing.assert_array_equal(out["boxes"], a["boxes"])
-        assert (out["weights"] == 1).all()
+    # nothing is touched: every box that is kept is its input box, with or without masks
+    np.testing.assert_array_equal(out["boxes"], a["boxes"][out["index"]])
+    assert (out["weights"] == 1).all()
     assert (out["dropped"]["source"] == 1).sum() == len(b["boxes"])
 
 
