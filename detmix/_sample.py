@@ -169,6 +169,7 @@ def parse_sample(sample: Any, name: str, *, check_values: bool = True) -> Parsed
             scalars[key] = value
 
     if check_values and n:
+        boxes = clip_edge_drift(boxes, height, width)
         _check_box_values(xp, boxes, height, width, name)
     crowd = _parse_crowd(sample, kind, image, xp, height, width, name, check_values)
     return Parsed(kind, xp, image, layout, height, width, boxes, labels, masks, arrays, scalars, crowd)
@@ -239,6 +240,32 @@ def _check_box_values(xp: Any, boxes: Any, height: int, width: int, name: str, k
             f"{name}[{key!r}][{i}] must lie inside the {width}x{height} canvas (0 <= x <= {width}, "
             f"0 <= y <= {height}), got {_row(boxes, i)}; clip boxes before mixing"
         )
+
+
+#: How far (pixels) a box coordinate may lie outside the canvas and still be taken as on its edge:
+#: float rounding, e.g. a tv_tensors XYXY -> CXCYWH -> XYXY round trip in float32 turns 480 into
+#: 480.0000305. Such coordinates are clipped onto the edge; farther ones are refused.
+EDGE_TOLERANCE = 1e-3
+
+
+def clip_edge_drift(boxes: Any, height: Any, width: Any) -> Any:
+    """``(N, 4)`` xyxy ``boxes`` with every coordinate within :data:`EDGE_TOLERANCE` outside
+    ``[0, width] x [0, height]`` moved onto the edge; the others are unchanged (the box check
+    refuses the ones farther out). ``height`` and ``width`` are numbers or ``(N,)`` arrays (one
+    canvas per box, as the torch batch path has); nothing is read back from the device."""
+    xp = array_namespace(boxes)
+    if not (is_numpy_array(height) or is_torch_array(height)):
+        height, width = float(height), float(width)
+    else:
+        height, width = xp.astype(height, boxes.dtype), xp.astype(width, boxes.dtype)
+    tol = EDGE_TOLERANCE
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    coords = []
+    for value, limit in ((x1, width), (y1, height), (x2, width), (y2, height)):
+        value = xp.where((value < 0) & (value >= -tol), xp.zeros_like(value), value)
+        value = xp.where((value > limit) & (value <= limit + tol), limit, value)
+        coords.append(value)
+    return xp.stack(coords, axis=1)
 
 
 def _row(boxes: Any, i: int) -> list[float]:

@@ -35,6 +35,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as F
+from detmix._sample import clip_edge_drift
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
 
@@ -682,6 +683,8 @@ class BatchMix:
 
         # Boxes of all images flattened (N, 4) xyxy, and the rows (R) they become.
         boxes, dtype = _flat_xyxy(batch)
+        # Float drift past an edge (a format round trip in float32) is clipped, as in every face.
+        boxes = clip_edge_drift(boxes, lim_h, lim_w)
         bad = _bad_boxes(boxes, lim_w, lim_h)
         pasted = source == 1
         lam_t, rest_t = floats[0].to(dtype), floats[1].to(dtype)

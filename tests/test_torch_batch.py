@@ -690,6 +690,55 @@ def test_without_a_generator_draws_from_torchs_default_one_as_torchvision_does()
     assert all(torch.equal(x, y) for x, y in zip(collated[0], out_images))
 
 
+def _round_tripped(xyxy, canvas=(480, 640)):
+    """XYXY boxes taken to CXCYWH and back in float32, as a v2 pipeline may: the edges drift."""
+    boxes = tv_tensors.BoundingBoxes(torch.tensor(xyxy, dtype=torch.float32), format="XYXY", canvas_size=canvas)
+    cxcywh = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
+    return cxcywh, TF.convert_bounding_box_format(cxcywh, new_format=XYXY)
+
+
+@pytest.mark.parametrize("per", ["batch", "pair"])
+def test_float_drift_past_the_edge_is_clipped_beyond_the_tolerance_refused(per):
+    exact = [[10.0, 33.67, 640.0, 480.0], [10.0, 20.0, 300.0, 200.0]]
+    cxcywh, back = _round_tripped(exact)
+    assert float(back[0, 3]) == pytest.approx(480.0000305, abs=1e-7)  # the drift of the issue
+    images = [torch.full((3, 480, 640), 50 * k, dtype=torch.uint8) for k in range(3)]
+    targets = [{"boxes": cxcywh.clone(), "labels": torch.tensor([1, 2])} for _ in range(3)]
+    mix = BatchMix("deit", per=per)
+    out_images, out_targets = mix(images, targets, generator=gen(1))
+    for target in out_targets:
+        assert target["boxes"].format == tv_tensors.BoundingBoxFormat.CXCYWH
+        xyxy = TF.convert_bounding_box_format(target["boxes"], new_format=XYXY).as_subclass(torch.Tensor)
+        assert len(xyxy) and (xyxy[:, 2] <= 640 + 1e-4).all() and (xyxy[:, 3] <= 480 + 1e-4).all()
+    # The drifted input equals, pair by pair, the exact box on the edge through the core.
+    exact_targets = [{"boxes": torch.tensor(exact), "labels": torch.tensor([1, 2])} for _ in range(3)]
+    ref_images, ref_targets = mix.apply(images, exact_targets, mix.last_params)
+    for got, ref in zip(out_targets, ref_targets):
+        got = TF.convert_bounding_box_format(got["boxes"], new_format=XYXY).as_subclass(torch.Tensor)
+        torch.testing.assert_close(got, ref["boxes"], rtol=0, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(out_images, ref_images))
+    # The core clips the same drift: numpy and torch samples.
+    a = {"image": np.zeros((480, 640, 3), np.uint8), "boxes": back.as_subclass(torch.Tensor).numpy(),
+         "labels": np.array([1, 2])}
+    cut = F.cutmix(a, a, (0, 0, 32, 32))
+    assert cut["boxes"][:, 2].max() == 640 and cut["boxes"][:, 3].max() == 480
+    assert F.mixup(to_torch_sample(a), to_torch_sample(a), 0.5)["boxes"][:, 3].max() == 480
+    # Beyond 1e-3 px it is an error, as before.
+    far = [{"boxes": torch.tensor([[10.0, 20.0, 640.002, 200.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    message = ("targets[0]['boxes'][0] must lie inside the 640x480 canvas of images[0] (0 <= x <= 640, 0 <= y <= 480), "
+               "got [10.0, 20.0, 640.0020141601562, 200.0]")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mix(images[:2], far, generator=gen(1))
+    a["boxes"] = np.array([[-0.002, 20.0, 300.0, 200.0], [1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(ValueError, match=re.escape("a['boxes'][0] must lie inside the 640x480 canvas")):
+        F.cutmix(a, a, (0, 0, 32, 32))
+
+
+def to_torch_sample(sample):
+    return {"image": torch.from_numpy(sample["image"]).permute(2, 0, 1).contiguous(),
+            "boxes": torch.from_numpy(sample["boxes"]), "labels": torch.from_numpy(sample["labels"])}
+
+
 def test_box_keys_and_generator_errors():
     images, targets = _two()
     mix = BatchMix("deit", box_keys=["ids"])
