@@ -288,15 +288,6 @@ def check_pair(pa: Parsed, pb: Parsed) -> None:
     if (pa.masks is None) != (pb.masks is None):
         have, lack = ("a", "b") if pa.masks is not None else ("b", "a")
         raise ValueError(f"masks were given for {have} but not for {lack}; give masks for both samples or neither")
-    for key in ("mask", "masks"):
-        ca, cb = (getattr(p.crowd, key) if p.crowd is not None else None for p in (pa, pb))
-        for have, lack, other in (("a", "b", pb), ("b", "a", pa)):
-            given, missing = (ca, cb) if have == "a" else (cb, ca)
-            if given is not None and missing is None and other.crowd is not None and other.crowd.num:
-                raise ValueError(
-                    f"crowd_{key} was given for {have} but not for {lack}, which has crowd_boxes; give crowd_{key} "
-                    "for both samples or neither"
-                )
 
 
 def split_extras(

@@ -70,6 +70,7 @@ if "get_params_dependent_on_data" in getattr(BasicTransform, "_removed_sampling_
     )
 
 from detmix.align import align_canvas, canvas_size
+from detmix.functional import masks_to_boxes
 from detmix.mix import mix_pair
 from detmix.recipes import Alpha, CutMixConfig, MinArea, MinSize, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
 from detmix.sampling import MixParams, sample_params
@@ -92,7 +93,10 @@ WEIGHTS_KEY = "mix_weights"
 #: Hidden columns appended after the label columns: the box's weight, then its row in ``masks``.
 _HIDDEN_COLUMNS = 2
 
-_SUPPORTED_TARGETS = frozenset({"image", "bboxes", "masks"})
+_SUPPORTED_TARGETS = frozenset({"image", "bboxes", "masks", "crowd_mask"})
+#: The crowd regions (COCO ``iscrowd=1``) of a sample: one (H, W) mask, registered in the Compose as
+#: a mask target (``additional_targets={"crowd_mask": "mask"}``) so that every transform moves it.
+CROWD_KEY = "crowd_mask"
 #: Box coordinates this close to a whole pixel are put on it (float32 rounding is ~1e-4 px at 4k).
 _SNAP_PIXELS = 1e-3
 
@@ -290,6 +294,9 @@ class _BoxMix(DualTransform):
                 "along with masks"
             )
         primary, primary_columns = _to_sample(image, rows, masks, "masks")
+        crowd = kwargs.get(CROWD_KEY)
+        if crowd is not None:
+            primary.update(_crowd_sample(crowd, image, CROWD_KEY))
         if self.replay_mode:  # a replayed Compose has its own label encoders: encode the partner again
             partner = self._prepare_partner(params["partner_item"], params["partner_index"], kwargs)
         else:
@@ -308,6 +315,8 @@ class _BoxMix(DualTransform):
             result["bboxes"] = _to_rows(out, _rows_dtype(rows))
         if masks is not None:
             result["masks"] = np.ascontiguousarray(out["masks"])
+        if "crowd_mask" in out:
+            result[CROWD_KEY] = np.ascontiguousarray(out["crowd_mask"])
         return result
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -356,7 +365,7 @@ class _BoxMix(DualTransform):
                             f"'masks', got {type(item).__name__}")
         processor = self.get_processor("bboxes")
         fields = list(processor.params.label_fields or []) if processor is not None else []
-        return {key: item[key] for key in ("image", "bboxes", "masks", *fields) if key in item}
+        return {key: item[key] for key in ("image", "bboxes", "masks", CROWD_KEY, *fields) if key in item}
 
     def _prepare_partner(self, item: Mapping[str, Any], index: int, data: Mapping[str, Any]) -> dict[str, Any]:
         """The partner as a detmix sample on its own canvas (aligned when applied, see
@@ -395,6 +404,8 @@ class _BoxMix(DualTransform):
         if masks is not None and not isinstance(masks, np.ndarray):
             masks = np.stack(masks) if len(masks) else np.zeros((0, *image.shape[:2]), np.uint8)
         sample, columns = _to_sample(image, rows, masks, f"{where}['masks']")
+        if item.get(CROWD_KEY) is not None:
+            sample.update(_crowd_sample(item[CROWD_KEY], image, f"{where}[{CROWD_KEY!r}]"))
         sample["columns"] = columns
         return sample
 
@@ -445,6 +456,24 @@ def _to_sample(image: np.ndarray, rows: Any, masks: Any, masks_name: str) -> tup
         order = np.zeros(0, np.int64) if columns is None else np.rint(columns[:, -1]).astype(np.int64)
         sample["masks"] = masks[order]
     return sample, columns
+
+
+def _crowd_sample(crowd: Any, image: np.ndarray, name: str) -> dict[str, Any]:
+    """The core's crowd keys for a ``crowd_mask``: the mask, and its tight box as the one region
+    (the union's pixels under that box are the whole union)."""
+    crowd = np.asarray(crowd)
+    height, width = image.shape[:2]
+    if crowd.shape != (height, width):
+        raise ValueError(
+            f"{name} must be one (H, W) mask on the image's canvas ({height}, {width}), got shape {crowd.shape}; "
+            f"register it as a mask target so that every transform moves it: "
+            f"A.Compose(..., additional_targets={{{CROWD_KEY!r}: 'mask'}})"
+        )
+    if crowd.dtype not in (np.uint8, np.bool_):
+        raise TypeError(f"{name} must be a uint8 or bool mask, got dtype {crowd.dtype}")
+    box = masks_to_boxes(crowd[None], np.float64)
+    boxes = box if crowd.any() else np.zeros((0, 4))
+    return {"crowd_boxes": boxes, "crowd_mask": crowd}
 
 
 def _merge_columns(a: np.ndarray | None, b: np.ndarray | None, key: str, index: Any) -> tuple[np.ndarray, np.ndarray]:

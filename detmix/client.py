@@ -61,9 +61,13 @@ class ServiceError(RuntimeError):
 @dataclass
 class MixedBatch:
     """A mixed batch. ``targets[i]`` holds ``boxes`` (N, 4) float32 xyxy, ``labels`` (N,) int64
-    (category ids), ``weights`` (N,) float32, ``area``, ``iscrowd``, ``source_image_id``,
-    ``source_annotation_id``, ``masks`` (N, H, W) uint8 when the batch had masks, ``image_id``
-    and ``dropped`` (the annotations that did not survive, as the server listed them).
+    (category ids), ``weights`` (N,) float32, ``area``, ``iscrowd`` (0: only objects are
+    targets), ``source_image_id``, ``source_annotation_id``, ``masks`` (N, H, W) uint8 when the
+    batch had masks, ``image_id`` and ``dropped`` (the annotations that did not survive, as the
+    server listed them). Crowd regions (``iscrowd=1`` in the answer) are never among the boxes:
+    they come apart as ``crowd_boxes`` (M, 4) float32 xyxy and, when the batch had masks,
+    ``crowd_mask`` (H, W) uint8, their union, as :class:`detmix.coco.CocoDetectionSource` gives
+    them.
     ``params`` are the images' ``mix`` records: pass them back as ``params=`` to replay."""
 
     images: list[Any]
@@ -81,8 +85,15 @@ def _to_tensors(images: list[np.ndarray], targets: list[dict[str, Any]]) -> tupl
     return tensors, converted
 
 
+def _xyxy(anns: list[dict[str, Any]]) -> np.ndarray:
+    boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return boxes
+
+
 def parse_answer(answer: dict[str, Any], as_tensors: bool = False) -> MixedBatch:
     """A :class:`MixedBatch` from the JSON answer of ``/v1/mix`` or ``/v1/datasets/{name}/batch``."""
+    answer_has_masks = any(a.get("segmentation") for a in answer["annotations"])
     images, targets = [], []
     by_image: dict[int, list[dict[str, Any]]] = {image["id"]: [] for image in answer["images"]}
     for ann in answer["annotations"]:
@@ -93,11 +104,10 @@ def parse_answer(answer: dict[str, Any], as_tensors: bool = False) -> MixedBatch
     for image in answer["images"]:
         with Image.open(io.BytesIO(base64.b64decode(image["data"]))) as file:
             pixels = np.asarray(file.convert("RGB"), dtype=np.uint8)
-        anns = by_image[image["id"]]
-        boxes = np.array([a["bbox"] for a in anns], dtype=np.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
+        anns = [a for a in by_image[image["id"]] if not a.get("iscrowd")]
+        crowd = [a for a in by_image[image["id"]] if a.get("iscrowd")]
         target: dict[str, Any] = {
-            "boxes": boxes,
+            "boxes": _xyxy(anns),
             "labels": np.array([a["category_id"] for a in anns], dtype=np.int64),
             "weights": np.array([a["mix_weight"] for a in anns], dtype=np.float32),
             "area": np.array([a["area"] for a in anns], dtype=np.float32),
@@ -105,8 +115,15 @@ def parse_answer(answer: dict[str, Any], as_tensors: bool = False) -> MixedBatch
             "source_image_id": np.array([a["source_image_id"] for a in anns], dtype=np.int64),
             "source_annotation_id": np.array([a["source_annotation_id"] for a in anns], dtype=np.int64),
         }
-        if anns and all(a.get("segmentation") for a in anns):
-            target["masks"] = np.stack([decode_rle(a["segmentation"]) for a in anns])
+        target["crowd_boxes"] = _xyxy(crowd)
+        if answer_has_masks:  # the batch had masks: every annotation has its segmentation
+            canvas = pixels.shape[:2]
+            target["masks"] = np.stack([decode_rle(a["segmentation"]) for a in anns]) if anns else np.zeros(
+                (0, *canvas), np.uint8)
+            union = np.zeros(canvas, np.uint8)
+            for a in crowd:
+                union |= decode_rle(a["segmentation"])
+            target["crowd_mask"] = union
         target["image_id"] = image["id"]
         target["dropped"] = dropped[image["id"]]
         images.append(pixels)

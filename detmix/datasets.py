@@ -18,11 +18,14 @@ An item is a dict::
 
     {"image": (H, W, 3) uint8, "bboxes": (N, 4) float32 in bbox_format, <label_field>: (N,) int64,
      "masks": (N, H, W) uint8,                      # when masks=True
-     "crowd_bboxes": (M, 4) float32 in bbox_format, "crowd_mask": (H, W) uint8,   # when known
+     "crowd_mask": (H, W) uint8,                    # when the source knows its crowd regions
      "image_id": int, "file_name": str}             # when known
 
-Crowd regions and sample-level values are plain keys: Albumentations passes them through without
-transforming them, so they describe the image as read.
+Crowd regions (COCO ``iscrowd=1``) are never boxes: they are the mask ``crowd_mask`` (decoded from
+their RLE, or their boxes' pixels when ``masks=False``). Register it as a mask target,
+``A.Compose(..., additional_targets={"crowd_mask": "mask"})``, so that every transform moves it and
+detmix's transforms mix it; its box is ``detmix.functional.masks_to_boxes(crowd_mask[None])``.
+Sample-level values (``image_id``...) are plain keys that Albumentations passes through.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 
 from detmix.albumentations import METADATA_KEY
 from detmix.coco import annotations_to_target, decode_masks
+from detmix.functional import box_region_masks
 
 __all__ = [
     "BboxFormat",
@@ -154,8 +158,8 @@ def to_albumentations_item(
             many pixels are left out (as :class:`detmix.coco.CocoDetectionSource` does). Default: 1.0.
 
     Returns:
-        dict: ``image``, ``bboxes``, ``label_field``, and when known ``masks``, ``crowd_bboxes``,
-        ``crowd_mask``, ``image_id``, ``file_name``.
+        dict: ``image``, ``bboxes``, ``label_field``, and when known ``masks``, ``crowd_mask``
+        (see the module docstring), ``image_id``, ``file_name``.
     """
     _check_format(bbox_format)
     if isinstance(item, Mapping) and "bboxes" in item:
@@ -191,14 +195,24 @@ def to_albumentations_item(
                         else np.asarray(_numpy(labels)).astype(np.int64, copy=False))
     if masks and sample.get("masks") is not None:
         out["masks"] = np.ascontiguousarray(_numpy(sample["masks"]).astype(np.uint8, copy=False))
-    if sample.get("crowd_boxes") is not None:
-        out["crowd_bboxes"] = to_bbox_format(sample["crowd_boxes"], bbox_format, height, width)
-    if masks and sample.get("crowd_mask") is not None:
-        out["crowd_mask"] = sample["crowd_mask"]
+    crowd = _crowd_mask(sample, masks, height, width)
+    if crowd is not None:
+        out["crowd_mask"] = crowd
     for key in ("image_id", "file_name"):
         if key in sample:
             out[key] = sample[key]
     return out
+
+
+def _crowd_mask(sample: Mapping[str, Any], masks: bool, height: int, width: int) -> np.ndarray | None:
+    """The crowd regions of a sample as one (H, W) uint8 mask: its ``crowd_mask`` when masks are
+    kept, else the pixels of its ``crowd_boxes``; None when it knows of no crowd regions."""
+    if masks and sample.get("crowd_mask") is not None:
+        return np.ascontiguousarray(_numpy(sample["crowd_mask"]).astype(np.uint8, copy=False))
+    if sample.get("crowd_boxes") is None:
+        return None
+    boxes = np.asarray(_numpy(sample["crowd_boxes"]), np.float64).reshape(-1, 4)
+    return box_region_masks(boxes, height, width).any(axis=0).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

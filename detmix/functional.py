@@ -394,6 +394,13 @@ def mix_crowd(
     dtype = given.boxes.dtype
     empty = Crowd(xp.zeros((0, 4), dtype=dtype, device=dev))
     ca, cb = crowd_a or empty, crowd_b or empty
+    for key in ("mask", "masks"):
+        for have, lack, given, other in (("a", "b", ca, cb), ("b", "a", cb, ca)):
+            if getattr(given, key) is not None and getattr(other, key) is None and other.num:
+                raise ValueError(
+                    f"crowd_{key} was given for {have} but not for {lack}, which has crowd_boxes; give crowd_{key} "
+                    "for both samples or neither"
+                )
     boxes = xp.concat([xp.astype(ca.boxes, dtype), xp.astype(cb.boxes, dtype)], axis=0)
     source = xp.concat([xp.zeros(ca.num, dtype=xp.int64, device=dev), xp.ones(cb.num, dtype=xp.int64, device=dev)])
     index = xp.concat([xp.arange(ca.num, dtype=xp.int64, device=dev), xp.arange(cb.num, dtype=xp.int64, device=dev)])

@@ -31,10 +31,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from array_api_compat import array_namespace
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as F
+from detmix._sample import CROWD_KEYS, Crowd, _parse_crowd
 from detmix._sample import clip_edge_drift
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
@@ -47,7 +49,7 @@ _NONE, _MIXUP, _CUTMIX = 0, 1, 2
 
 _IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: Keys with a fixed meaning in a target; every other key is an extra.
-_RESERVED = frozenset({"boxes", "labels", "masks"})
+_RESERVED = frozenset({"boxes", "labels", "masks"}) | CROWD_KEYS
 #: Keys written by BatchMix; an input's values under them are replaced, never carried along.
 _OUTPUT_KEYS = ("weights", "mix_source", "mix_partner")
 _XYXY = tv_tensors.BoundingBoxFormat.XYXY
@@ -192,6 +194,7 @@ class _Batch:
     masks: list[torch.Tensor] | None
     per_box: dict[str, list[torch.Tensor]]
     targets: Sequence[Mapping[str, Any]]
+    crowd: list[Crowd | None]  # each target's crowd regions (None: no crowd key)
 
     @property
     def size(self) -> int:
@@ -293,7 +296,7 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
     if len(targets) != size:
         raise ValueError(f"targets must have one dict per image ({size} images), got {len(targets)} targets")
     if size == 0:
-        return [], [], [], None, {}
+        return [], [], [], None, {}, []
     device = items[0].device
     boxes, formats, labels, masks = [], [], [], []
     for i, (target, image) in enumerate(zip(targets, items)):
@@ -339,6 +342,8 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
             if m.dtype not in (torch.bool, torch.uint8):
                 raise TypeError(f"targets[{i}]['masks'] must be bool or uint8, got dtype {_dtype_name(m)}")
             _on(m, device, f"targets[{i}]['masks']")
+            if m.dtype == torch.bool:  # canonical 0/1 bytes (a Pillow-made array holds 0/255)
+                m = m != 0
         masks.append(m)
     have = [i for i, m in enumerate(masks) if m is not None]
     if have and len(have) != size:
@@ -347,7 +352,20 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
             f"targets[{have[0]}] has 'masks' but targets[{lack}] has none; give masks for every target or for none"
         )
     per_box = _per_box_extras(targets, [b.shape[0] for b in boxes], box_keys, device)
-    return boxes, formats, labels, (masks if have else None), per_box
+    crowd = [_target_crowd(t, image, i, device) for i, (t, image) in enumerate(zip(targets, items))]
+    return boxes, formats, labels, (masks if have else None), per_box, crowd
+
+
+def _target_crowd(target: Mapping[str, Any], image: torch.Tensor, i: int, device: torch.device) -> Crowd | None:
+    """The crowd regions of ``targets[i]`` (plain tensors, xyxy boxes), checked as the core checks them."""
+    plain = {k: _plain(v) for k, v in target.items() if k in CROWD_KEYS and isinstance(v, torch.Tensor)}
+    boxes = target.get("crowd_boxes")
+    if isinstance(boxes, tv_tensors.BoundingBoxes) and boxes.format != _XYXY:
+        plain["crowd_boxes"] = _plain(TF.convert_bounding_box_format(boxes, new_format=_XYXY))
+    for key, value in plain.items():
+        _on(value, device, f"targets[{i}][{key!r}]")
+    xp = array_namespace(image)
+    return _parse_crowd(plain, "torch", image, xp, int(image.shape[1]), int(image.shape[2]), f"targets[{i}]", True)
 
 
 def _per_box_extras(targets, counts, box_keys, device) -> dict[str, list[torch.Tensor]]:
@@ -387,7 +405,7 @@ def _per_box_extras(targets, counts, box_keys, device) -> dict[str, list[torch.T
 
 def _parse_batch(images: Any, targets: Any, box_keys: tuple[str, ...] | None, size_divisible: int) -> _Batch:
     items, stacked = _parse_images(images)
-    boxes, formats, labels, masks, per_box = _parse_targets(targets, items, box_keys)
+    boxes, formats, labels, masks, per_box, crowd = _parse_targets(targets, items, box_keys)
     sizes = np.asarray([(int(x.shape[1]), int(x.shape[2])) for x in items], dtype=np.int64).reshape(-1, 2)
     if len(items):
         height, width = (int(math.ceil(int(v) / size_divisible) * size_divisible) for v in sizes.max(axis=0))
@@ -397,7 +415,7 @@ def _parse_batch(images: Any, targets: Any, box_keys: tuple[str, ...] | None, si
         height, width = 0, 0
     device = items[0].device if items else (stacked.device if stacked is not None else torch.device("cpu"))
     return _Batch(
-        images, items, stacked, sizes, (height, width), device, boxes, formats, labels, masks, per_box, targets
+        images, items, stacked, sizes, (height, width), device, boxes, formats, labels, masks, per_box, targets, crowd
     )
 
 
@@ -699,7 +717,8 @@ class BatchMix:
             sl = slice(0, num_cut)
             cut_rows = cut_t.index_select(0, out_img[sl]).to(dtype)
             if masks is not None:
-                m, vis, b = F.cutmix_masks(masks[sl], cut_rows, pasted[sl], dtype)
+                m, vis, tight = F.cutmix_masks(masks[sl], cut_rows, pasted[sl], dtype)
+                b = F.visible_boxes(row_boxes[sl], tight, vis)
                 new_masks.append(m)
             else:
                 b, vis = F.cutmix_boxes(row_boxes[sl], cut_rows, pasted[sl])
@@ -739,7 +758,47 @@ class BatchMix:
             source=kept_source,
             extras={k: _take(torch.cat(v), kept_src) for k, v in batch.per_box.items()},
         )
+        self._mix_crowd(batch, params, out_targets)
         return self._images(batch, mode, partner, partner_t, cut_t, floats[0]), out_targets
+
+    def _mix_crowd(self, batch: _Batch, params: BatchParams, targets: list[dict[str, Any]]) -> None:
+        """Each output's crowd regions, from its own image and its partner's by
+        :func:`detmix.functional.mix_crowd` on the padded canvas. One call per image with crowd
+        keys (crowd regions are few); the parameters are on the host already, so nothing
+        synchronises."""
+        if all(c is None for c in batch.crowd):
+            return
+        height, width = batch.canvas
+        for i, target in enumerate(targets):
+            j = int(params.partner[i])
+            pair = self._padded_crowd(batch, i), self._padded_crowd(batch, j) if j != i else None
+            if pair[0] is None and pair[1] is None:
+                continue
+            mode = MODES[int(params.mode[i])]
+            if mode == "mixup":
+                mixed = F.mix_crowd(*pair, height, width, lam=float(params.lam[i]))
+            else:
+                cut = tuple(int(v) for v in params.cut[i].tolist()) if mode == "cutmix" else (0, 0, 0, 0)
+                mixed = F.mix_crowd(*pair, height, width, cut=cut)
+            boxes = mixed["crowd_boxes"]
+            given = batch.targets[i].get("crowd_boxes")
+            if isinstance(given, tv_tensors.BoundingBoxes):
+                if given.format != _XYXY:
+                    boxes = TF.convert_bounding_box_format(boxes, _XYXY, given.format)
+                boxes = tv_tensors.wrap(boxes, like=given, canvas_size=batch.canvas)
+            target["crowd_boxes"] = boxes
+            for key in ("crowd_mask", "crowd_masks"):
+                if key in mixed:
+                    like = batch.targets[i].get(key)
+                    target[key] = tv_tensors.wrap(mixed[key], like=like) if isinstance(like, tv_tensors.TVTensor) else mixed[key]
+
+    @staticmethod
+    def _padded_crowd(batch: _Batch, i: int) -> Crowd | None:
+        crowd = batch.crowd[i]
+        height, width = batch.canvas
+        if crowd is None or tuple(batch.sizes[i]) == (height, width):
+            return crowd
+        return Crowd(crowd.boxes, _pad_to(crowd.mask, height, width), _pad_to(crowd.masks, height, width))
 
     def _images(self, batch: _Batch, mode: np.ndarray, batch_partner: np.ndarray, partner: torch.Tensor,
                 cut: torch.Tensor, lam: torch.Tensor):
@@ -941,6 +1000,15 @@ def _padded(batch: _Batch, fill: float) -> torch.Tensor:
     else:
         for i, x in enumerate(batch.items):  # one device copy per image, no synchronisation
             out[i, :, : x.shape[1], : x.shape[2]].copy_(x)
+    return out
+
+
+def _pad_to(m: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
+    """``(..., h, w)`` masks top-left on a ``height x width`` canvas of zeros."""
+    if m is None:
+        return None
+    out = m.new_zeros((*m.shape[:-2], height, width))
+    out[..., : m.shape[-2], : m.shape[-1]] = m
     return out
 
 

@@ -76,13 +76,23 @@ def test_detmix_sample_becomes_an_albumentations_item():
     sample["crowd_boxes"] = np.array([[0, 0, 5, 5]], np.float32)
     sample["image_id"], sample["file_name"] = 12, "a.png"
     item = to_albumentations_item(sample, bbox_format="coco", label_field="category_id")
-    assert set(item) == {"image", "bboxes", "category_id", "masks", "crowd_bboxes", "image_id", "file_name"}
+    assert set(item) == {"image", "bboxes", "category_id", "masks", "crowd_mask", "image_id", "file_name"}
     np.testing.assert_allclose(item["bboxes"], [[1, 2, 10, 20], [30, 10, 20, 20]], atol=1e-4)
     assert item["category_id"].tolist() == [3, 4] and item["category_id"].dtype == np.int64
     np.testing.assert_array_equal(item["masks"], sample["masks"])
-    np.testing.assert_allclose(item["crowd_bboxes"], [[0, 0, 5, 5]], atol=1e-4)
+    # no crowd_mask given: the crowd region is the pixels of its box
+    expected = np.zeros((40, 60), np.uint8)
+    expected[0:5, 0:5] = 1
+    np.testing.assert_array_equal(item["crowd_mask"], expected)
     assert (item["image_id"], item["file_name"]) == (12, "a.png")
-    assert "masks" not in to_albumentations_item(sample, masks=False)
+    boxes_only = to_albumentations_item(sample, masks=False)
+    assert "masks" not in boxes_only
+    np.testing.assert_array_equal(boxes_only["crowd_mask"], expected)
+    # a float box covers every pixel it touches
+    sample["crowd_boxes"] = np.array([[0.5, 1.2, 3.1, 4.0]], np.float32)
+    expected[:] = 0
+    expected[1:4, 0:4] = 1
+    np.testing.assert_array_equal(to_albumentations_item(sample)["crowd_mask"], expected)
 
 
 def test_torchvision_style_pairs_and_ready_dicts():
@@ -128,7 +138,8 @@ def test_coco_dataset_serves_the_source_in_the_format(synthetic, fmt):
         np.testing.assert_allclose(from_bbox_format(item["bboxes"], fmt, height, width), sample["boxes"], atol=1e-3)
         assert item["labels"].tolist() == sample["labels"].tolist()
         np.testing.assert_array_equal(item["masks"], sample["masks"])
-        assert item["image_id"] == sample["image_id"] and item["crowd_bboxes"].shape == (0, 4)
+        assert item["image_id"] == sample["image_id"] and not item["crowd_mask"].any()
+        assert item["crowd_mask"].shape == item["image"].shape[:2]
 
 
 @needs_coco_mini
@@ -146,14 +157,16 @@ def test_coco_mini_crowd_stays_out_of_the_boxes_and_torchvision_coco_detection_a
         item = ours[index]
         anns = [a for a in raw["annotations"] if a["image_id"] == image_id]
         crowd = [a for a in anns if a["iscrowd"]]
-        assert len(item["crowd_bboxes"]) == len(crowd) and len(item["bboxes"]) <= len(anns) - len(crowd)
+        assert len(item["bboxes"]) <= len(anns) - len(crowd)
         assert bool(item["crowd_mask"].any()) == bool(crowd)
-        for crowd_box in item["crowd_bboxes"]:  # the crowd regions are not among the boxes
-            assert not np.isclose(item["bboxes"], crowd_box, atol=1e-6).all(axis=1).any()
+        for ann in crowd:  # the crowd regions are not among the boxes
+            crowd_box = np.asarray(ann["bbox"], np.float64)
+            yolo = [(crowd_box[0] + crowd_box[2] / 2) / item["image"].shape[1], (crowd_box[1] + crowd_box[3] / 2) /
+                    item["image"].shape[0], crowd_box[2] / item["image"].shape[1], crowd_box[3] / item["image"].shape[0]]
+            assert not np.isclose(item["bboxes"], yolo, atol=1e-4).all(axis=1).any()
         converted = to_albumentations_item(theirs[theirs.ids.index(image_id)], bbox_format="yolo")
         np.testing.assert_array_equal(converted["image"], item["image"])
         np.testing.assert_allclose(converted["bboxes"], item["bboxes"], atol=1e-6)
-        np.testing.assert_allclose(converted["crowd_bboxes"], item["crowd_bboxes"], atol=1e-6)
         assert converted["labels"].tolist() == item["labels"].tolist()
         np.testing.assert_array_equal(converted["masks"], item["masks"])
         np.testing.assert_array_equal(converted["crowd_mask"], item["crowd_mask"])

@@ -45,7 +45,7 @@ from detmix_service.schemas import ImageParams, OutputOptions
 __all__ = ["Plan", "SourceImage", "draw_plan", "mix_batch", "replay_plan"]
 
 #: Per-box keys that ride along with the boxes through the kernels.
-BOX_KEYS = ("ann_id", "iscrowd")
+BOX_KEYS = ("ann_id",)
 _EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 
 
@@ -67,20 +67,37 @@ class SourceImage:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
     @cached_property
+    def objects(self) -> tuple[CocoAnnotation, ...]:
+        """The annotations that are objects (``iscrowd=0``), in the request's order."""
+        return tuple(a for a in self.annotations if not a.iscrowd)
+
+    @cached_property
+    def crowd(self) -> tuple[CocoAnnotation, ...]:
+        """The crowd regions (``iscrowd=1``): never objects, mixed as regions to ignore."""
+        return tuple(a for a in self.annotations if a.iscrowd)
+
+    @cached_property
     def sample(self) -> dict[str, Any]:
-        """The detmix sample: xyxy boxes (clipped to the image), category ids as labels, masks."""
+        """The detmix sample: the objects' xyxy boxes (clipped to the image), category ids as
+        labels and masks; the crowd regions' boxes and masks apart (``crowd_boxes``,
+        ``crowd_masks``), as :func:`detmix.functional.mix_crowd` reads them."""
         height, width = self.canvas
-        anns = self.annotations
+        anns, crowd = self.objects, self.crowd
         sample: dict[str, Any] = {
             "image": self.pixels,
-            "boxes": np.array([clip_box(a.bbox, width, height) for a in anns], dtype=np.float64).reshape(-1, 4),
+            "boxes": _boxes(anns, width, height),
             "labels": np.array([a.category_id for a in anns], dtype=np.int64),
             "ann_id": np.array([a.id for a in anns], dtype=np.int64),
-            "iscrowd": np.array([a.iscrowd for a in anns], dtype=np.int64),
+            "crowd_boxes": _boxes(crowd, width, height),
         }
         if self.masks:
             sample["masks"] = instance_masks(anns, height, width)
+            sample["crowd_masks"] = instance_masks(crowd, height, width)
         return sample
+
+
+def _boxes(anns: Sequence[CocoAnnotation], width: int, height: int) -> np.ndarray:
+    return np.array([clip_box(a.bbox, width, height) for a in anns], dtype=np.float64).reshape(-1, 4)
 
 
 @dataclass(frozen=True)
@@ -170,6 +187,36 @@ def _replayed_params(item: ImageParams, a: SourceImage, b: SourceImage, recipe: 
     return MixParams(p.mode, lam, None if p.cut_box is None else tuple(p.cut_box), canvas)
 
 
+def _crowd_annotations(
+    out: dict[str, Any], image: SourceImage, sources: tuple[SourceImage, SourceImage], first_id: int
+) -> list[dict[str, Any]]:
+    """The crowd regions of a mixed image as COCO annotations: ``iscrowd`` 1, the mixed RLE and
+    the box of the visible part, no ``mix_weight`` (they are never targets), never dropped."""
+    boxes = out.get("crowd_boxes")
+    if boxes is None or not len(boxes):
+        return []
+    segmentations = encode_rles(out["crowd_masks"]) if image.masks else None
+    annotations = []
+    for k in range(len(boxes)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[k])
+        origin = sources[int(out["crowd_source"][k])]
+        ann = origin.crowd[int(out["crowd_index"][k])]
+        annotation = {
+            "id": first_id + k + 1,
+            "image_id": image.id,
+            "category_id": ann.category_id,
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": float(out["crowd_masks"][k].sum()) if image.masks else (x2 - x1) * (y2 - y1),
+            "iscrowd": 1,
+            "source_image_id": origin.id,
+            "source_annotation_id": ann.id,
+        }
+        if segmentations is not None:
+            annotation["segmentation"] = segmentations[k]
+        annotations.append(annotation)
+    return annotations
+
+
 def mix_batch(
     images: Sequence[SourceImage],
     categories: Sequence[CocoCategory],
@@ -201,7 +248,7 @@ def mix_batch(
                 "category_id": int(out["labels"][k]),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "area": float(out["masks"][k].sum()) if image.masks else (x2 - x1) * (y2 - y1),
-                "iscrowd": int(out["iscrowd"][k]),
+                "iscrowd": 0,
                 "mix_weight": float(out["weights"][k]),
                 "source_image_id": sources[source].id,
                 "source_annotation_id": int(out["ann_id"][k]),
@@ -209,6 +256,7 @@ def mix_batch(
             if segmentations is not None:
                 annotation["segmentation"] = segmentations[k]
             out_annotations.append(annotation)
+        out_annotations.extend(_crowd_annotations(out, image, sources, len(out_annotations)))
         lost = out["dropped"]
         rows = zip(lost["source"], lost["index"], lost["visibility"], lost["reason"], strict=True)
         for source, row, visibility, reason in rows:

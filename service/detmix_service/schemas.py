@@ -135,9 +135,11 @@ class MixedAnnotation(BaseModel):
     category_id: int
     bbox: list[float] = Field(description="[x, y, w, h]")
     area: float = Field(description="mask pixels when masks were given, else w * h")
-    iscrowd: int
+    iscrowd: int = Field(description="1 for a crowd region: a region to ignore, never a target (no mix_weight)")
     segmentation: RleOut | None = Field(default=None, description="present when the request had masks")
-    mix_weight: float = Field(description="per-box loss weight of the recipe's weight mode")
+    mix_weight: float | None = Field(
+        default=None, description="per-box loss weight of the recipe's weight mode; absent for crowd regions"
+    )
     source_image_id: int
     source_annotation_id: int
 

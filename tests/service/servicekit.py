@@ -79,18 +79,29 @@ def core_sample(body: dict, image_id: int, masks: bool = False) -> dict:
     with Image.open(io.BytesIO(base64.b64decode(record["data"]))) as file:
         pixels = np.asarray(file.convert("RGB"))
     height, width = pixels.shape[:2]
-    anns = [a for a in body["annotations"] if a["image_id"] == image_id]
+    every = [a for a in body["annotations"] if a["image_id"] == image_id]
+    anns = [a for a in every if not a.get("iscrowd", 0)]
+    crowd = [a for a in every if a.get("iscrowd", 0)]
+
+    def boxes(group):
+        xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in group)], np.float64)
+        return np.clip(xyxy.reshape(-1, 4), 0, [width, height, width, height])
+
+    def stack(group):
+        return np.array([_mask(a["segmentation"], height, width) for a in group], np.uint8).reshape(
+            len(group), height, width)
+
     sample = {
         "image": pixels,
-        "boxes": np.clip(np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float64),
-                         0, [width, height, width, height]).reshape(-1, 4),
+        "boxes": boxes(anns),
         "labels": np.array([a["category_id"] for a in anns], np.int64),
         "ann_id": np.array([a["id"] for a in anns], np.int64),
-        "iscrowd": np.array([a.get("iscrowd", 0) for a in anns], np.int64),
+        "crowd_boxes": boxes(crowd),
+        "crowd_ann_id": np.array([a["id"] for a in crowd], np.int64),
     }
     if masks:
-        sample["masks"] = np.stack([_mask(a["segmentation"], height, width) for a in anns]).astype(np.uint8).reshape(
-            len(anns), height, width)
+        sample["masks"] = stack(anns)
+        sample["crowd_masks"] = stack(crowd)
     return sample
 
 
@@ -103,11 +114,25 @@ def check_against_core(body: dict, answer: dict, recipe_name: str, masks: bool =
         a = core_sample(body, mix["image_id"], masks)
         b = core_sample(body, mix["partner_id"], masks)
         a, b = align_pair(a, b, recipe.align)
-        out = apply_params(a, b, MixParams.from_dict(mix["params"]), recipe, box_keys=("ann_id", "iscrowd"))
+        out = apply_params(a, b, MixParams.from_dict(mix["params"]), recipe, box_keys=("ann_id",))
         if image["format"] == "png":
             np.testing.assert_array_equal(decode(image), out["image"])
         assert (image["height"], image["width"]) == out["image"].shape[:2]
-        got = [ann for ann in answer["annotations"] if ann["image_id"] == image["id"]]
+        every = [ann for ann in answer["annotations"] if ann["image_id"] == image["id"]]
+        got = [ann for ann in every if not ann["iscrowd"]]
+        crowd = [ann for ann in every if ann["iscrowd"]]
+        # crowd regions: never targets (no mix_weight), mixed and boxed as the core does
+        assert len(crowd) == len(out["crowd_boxes"])
+        for k, ann in enumerate(crowd):
+            x1, y1, x2, y2 = out["crowd_boxes"][k]
+            np.testing.assert_allclose(ann["bbox"], [x1, y1, x2 - x1, y2 - y1], rtol=0, atol=1e-9)
+            assert ann["iscrowd"] == 1 and "mix_weight" not in ann
+            side = int(out["crowd_source"][k])
+            source = (mix["image_id"], mix["partner_id"])[side]
+            expected_id = int((a, b)[side]["crowd_ann_id"][int(out["crowd_index"][k])])
+            assert (ann["source_image_id"], ann["source_annotation_id"]) == (source, expected_id)
+            if masks:
+                np.testing.assert_array_equal(decode_rle(ann["segmentation"]), out["crowd_masks"][k])
         assert len(got) == len(out["boxes"])
         for k, ann in enumerate(got):
             x1, y1, x2, y2 = out["boxes"][k]

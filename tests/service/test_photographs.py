@@ -35,7 +35,10 @@ def test_photographs_mix_as_the_core_does(client, photo_batch, recipe):
     answer = response.json()
     assert len(answer["images"]) == 6
     assert check_against_core(body, answer, recipe, masks=True) > 20
-    assert {a["iscrowd"] for a in answer["annotations"]} == {0, 1}  # crowd regions mixed like the rest
+    # crowd regions come back as regions (iscrowd 1, no mix_weight), never among the dropped
+    assert {a["iscrowd"] for a in answer["annotations"]} == {0, 1}
+    crowd_ids = {a["id"] for a in body["annotations"] if a["iscrowd"]}
+    assert not {d["source_annotation_id"] for d in answer["dropped"]} & crowd_ids
     if recipe == "cutmix":
         assert answer["dropped"], "no annotation dropped: the check of the dropped list proves nothing"
 

@@ -1,0 +1,192 @@
+"""Crowd regions (COCO ``iscrowd=1``): never targets, and they follow the pixels like any mask,
+in the core, through alignment, in ``detmix.torch``, in the Albumentations adapter and through
+the service and its client. The last test mixes one pair of real COCO photographs with a crowd
+annotation through every face and checks that they agree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import to_numpy, to_torch
+from detmix import MixParams, RandomMix, align_pair, functional as F, load_recipe, mix_pair
+
+H, W = 40, 60
+
+
+def crowd_sample(fill: int, boxes, crowd_boxes, *, mask: bool = True) -> dict:
+    """A sample whose crowd regions are their boxes' pixels (the union in ``crowd_mask``)."""
+    sample = {
+        "image": np.full((H, W, 3), fill, np.uint8),
+        "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
+        "labels": np.arange(1, len(boxes) + 1, dtype=np.int64),
+        "crowd_boxes": np.asarray(crowd_boxes, np.float64).reshape(-1, 4),
+    }
+    if mask:
+        union = np.zeros((H, W), np.uint8)
+        for x1, y1, x2, y2 in sample["crowd_boxes"].astype(int):
+            union[y1:y2, x1:x2] = 1
+        sample["crowd_mask"] = union
+    return sample
+
+
+def region(cut) -> np.ndarray:
+    x1, y1, x2, y2 = cut
+    inside = np.zeros((H, W), bool)
+    inside[y1:y2, x1:x2] = True
+    return inside
+
+
+# ------------------------------------------------------------------ the core's rule
+
+
+@pytest.mark.parametrize("mask", [True, False], ids=["with-mask", "boxes-only"])
+def test_a_crowd_region_the_cut_covers_is_removed(mask):
+    a = crowd_sample(0, [[0, 0, 10, 10]], [[20, 10, 30, 20], [40, 5, 50, 15]], mask=mask)
+    b = crowd_sample(255, [], [], mask=mask)
+    out = F.cutmix(a, b, (18, 8, 32, 22))  # covers a's first crowd region whole
+    assert out["crowd_boxes"].tolist() == [[40, 5, 50, 15]]  # the other is untouched: its input box
+    assert out["crowd_source"].tolist() == [0] and out["crowd_index"].tolist() == [1]
+    assert len(out["boxes"]) == 1 and "iscrowd" not in out  # crowd never among the boxes
+    if mask:
+        np.testing.assert_array_equal(out["crowd_mask"], np.where(region((18, 8, 32, 22)), 0, a["crowd_mask"]))
+
+
+def test_a_full_canvas_cut_takes_b_crowd_and_drops_a_crowd():
+    a = crowd_sample(0, [[0, 0, 10, 10]], [[20, 10, 30, 20]])
+    b = crowd_sample(255, [[5, 5, 15, 15]], [[2.5, 3.2, 12.7, 9.9]])
+    b["crowd_mask"][3:10, 2:13] = 1  # its region: the pixels under the float box
+    out = F.cutmix(a, b, (0, 0, W, H))
+    np.testing.assert_allclose(out["crowd_boxes"], b["crowd_boxes"])  # untouched: the input box, exactly
+    assert out["crowd_source"].tolist() == [1]
+    np.testing.assert_array_equal(out["crowd_mask"], b["crowd_mask"])
+
+
+def test_a_touched_crowd_region_gets_the_box_of_its_visible_part_clipped_to_its_box():
+    a = crowd_sample(0, [], [[10.5, 10.5, 30.5, 30.5]])
+    a["crowd_mask"][:] = 0
+    a["crowd_mask"][10:31, 10:31] = 1  # the region's pixels reach one past the float box
+    b = crowd_sample(255, [], [])
+    out = F.cutmix(a, b, (20, 0, 60, 40))  # keeps a's region left of x = 20
+    np.testing.assert_allclose(out["crowd_boxes"], [[10.5, 10.5, 20, 30.5]])
+    expected = a["crowd_mask"].copy()
+    expected[:, 20:] = 0
+    np.testing.assert_array_equal(out["crowd_mask"], expected)
+
+
+def test_crowd_mask_is_a_outside_the_cut_and_b_inside_it_and_the_union_under_mixup():
+    rng = np.random.default_rng(3)
+    a = crowd_sample(0, [[0, 0, 10, 10]], [[0, 0, W, H]])
+    b = crowd_sample(255, [[5, 5, 15, 15]], [[0, 0, W, H]])
+    a["crowd_mask"] = (rng.random((H, W)) < 0.3).astype(np.uint8)
+    b["crowd_mask"] = (rng.random((H, W)) < 0.3).astype(np.uint8)
+    cut = (7, 3, 41, 29)
+    out = F.cutmix(a, b, cut)
+    np.testing.assert_array_equal(out["crowd_mask"], np.where(region(cut), b["crowd_mask"], a["crowd_mask"]))
+    assert out["crowd_mask"].dtype == np.uint8
+    union = F.mixup(a, b, 0.4)
+    np.testing.assert_array_equal(union["crowd_mask"], a["crowd_mask"] | b["crowd_mask"])
+    assert len(union["crowd_boxes"]) == 2
+    only_a = F.mixup(a, b, 1.0)  # b has no share in the blend: its crowd is not shown either
+    np.testing.assert_array_equal(only_a["crowd_mask"], a["crowd_mask"])
+    assert only_a["crowd_source"].tolist() == [0]
+
+
+def test_per_region_crowd_masks_are_mixed_one_by_one():
+    a = crowd_sample(0, [], [[0, 0, 20, 20], [30, 0, 50, 20]], mask=False)
+    a["crowd_masks"] = np.zeros((2, H, W), bool)
+    a["crowd_masks"][0, 2:18, 2:18] = a["crowd_masks"][1, 5:15, 32:48] = True
+    b = crowd_sample(255, [], [[0, 20, 60, 40]], mask=False)
+    b["crowd_masks"] = np.zeros((1, H, W), bool)
+    b["crowd_masks"][0, 25:35, 10:50] = True
+    cut = (10, 0, 60, 30)
+    out = F.cutmix(a, b, cut)
+    assert list(zip(out["crowd_source"].tolist(), out["crowd_index"].tolist())) == [(0, 0), (1, 0)]
+    np.testing.assert_array_equal(out["crowd_masks"][0], a["crowd_masks"][0] & ~region(cut))
+    np.testing.assert_array_equal(out["crowd_masks"][1], b["crowd_masks"][0] & region(cut))
+    np.testing.assert_allclose(out["crowd_boxes"], [[2, 2, 10, 18], [10, 25, 50, 30]])
+
+
+def test_numpy_and_torch_agree_on_crowd():
+    a = crowd_sample(0, [[0, 0, 10, 10]], [[20, 10, 30, 20], [40, 5, 50, 15]])
+    b = crowd_sample(255, [[5, 5, 15, 15]], [[22.5, 1.5, 58, 39]])
+    for mixed in (lambda s, t: F.cutmix(s, t, (25, 0, 45, 40)), lambda s, t: F.mixup(s, t, 0.3)):
+        want, got = mixed(a, b), to_numpy(mixed(to_torch(a), to_torch(b)))
+        for key in ("crowd_boxes", "crowd_mask", "crowd_source", "crowd_index"):
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_crowd_mask_for_one_side_only_is_refused():
+    a = crowd_sample(0, [], [[0, 0, 10, 10]])
+    b = crowd_sample(255, [], [[5, 5, 15, 15]], mask=False)
+    with pytest.raises(ValueError, match="crowd_mask was given for a but not for b, which has crowd_boxes"):
+        F.cutmix(a, b, (0, 0, 5, 5))
+    b["crowd_boxes"] = np.zeros((0, 4))  # nothing to mask: b simply has no crowd
+    np.testing.assert_array_equal(F.cutmix(a, b, (0, 0, 5, 5))["crowd_mask"][:5, :5], 0)
+
+
+def test_a_crowd_mask_of_the_wrong_size_names_the_argument():
+    a = crowd_sample(0, [], [[0, 0, 10, 10]])
+    a["crowd_mask"] = a["crowd_mask"][:-1]
+    with pytest.raises(ValueError, match=r"a\['crowd_mask'\] must have shape \(40, 60\).*got \(39, 60\)"):
+        F.cutmix(a, crowd_sample(1, [], []), (0, 0, 5, 5))
+
+
+def test_alignment_moves_crowd_with_the_image():
+    a = crowd_sample(0, [[0, 0, 10, 10]], [[20, 10, 30, 20]])
+    small = {"image": np.full((20, 30, 3), 9, np.uint8), "boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64),
+             "crowd_boxes": np.array([[3.0, 2.0, 9.0, 8.0]]), "crowd_mask": np.zeros((20, 30), np.uint8)}
+    small["crowd_mask"][2:8, 3:9] = 1
+    _, resized = align_pair(a, small, "resize")
+    np.testing.assert_allclose(resized["crowd_boxes"], [[6, 4, 18, 16]])
+    assert resized["crowd_mask"].shape == (H, W) and resized["crowd_mask"][4:16, 6:18].all()
+    assert resized["crowd_mask"].sum() == 12 * 12
+    _, padded = align_pair(a, small, "pad")
+    assert padded["crowd_mask"].shape == (H, W) and padded["crowd_mask"].sum() == 36
+    np.testing.assert_allclose(padded["crowd_boxes"], small["crowd_boxes"])
+
+
+def test_random_mixup_of_photos_of_two_sizes_keeps_crowd_on_the_canvas(rng):
+    """The defect of the issue: under ``pad`` the crowd mask kept its old size."""
+    mixer = RandomMix({"name": "mix", "prob": 1.0, "mixup": {"alpha": 1.0}, "align": "pad"})
+    sizes = [(40, 60), (48, 50), (30, 70)]
+    for k in range(12):
+        pair = []
+        for h, w in (sizes[k % 3], sizes[(k + 1) % 3]):
+            s = {"image": rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "boxes": np.array([[1.0, 1, 9, 9]]),
+                 "labels": np.array([1]), "crowd_boxes": np.array([[10.0, 10, 20, 20]]),
+                 "crowd_mask": np.zeros((h, w), np.uint8)}
+            s["crowd_mask"][10:20, 10:20] = 1
+            pair.append(s)
+        out = mixer(*pair, rng)
+        assert out["crowd_mask"].shape == out["image"].shape[:2]
+        assert out["crowd_mask"][10:20, 10:20].all() and out["crowd_mask"].sum() == 100
+
+
+# ------------------------------------------------------------------ detmix.torch
+
+
+def test_batchmix_mixes_crowd_per_image_as_the_core_does():
+    from detmix.torch import BatchMix, BatchParams
+
+    a = crowd_sample(0, [[0, 0, 10, 10]], [[20, 10, 30, 20], [40, 5, 50, 15]])
+    b = crowd_sample(255, [[5, 5, 15, 15]], [[22.5, 1.5, 58, 39]])
+    b["crowd_mask"][2:39, 22:58] = 1
+    samples = [to_torch(a), to_torch(b)]
+    images = [s["image"] for s in samples]
+    targets = [{k: v for k, v in s.items() if k != "image"} for s in samples]
+    mix = BatchMix("cutmix", per="pair")
+    params = BatchParams(partner=[1, 0], mode=[2, 1], lam=[1 - 20 * 40 / (H * W), np.float32(0.25)],
+                         cut=[[25, 0, 45, 40], [0, 0, 0, 0]], canvas=(H, W), per="pair")
+    mix.recipe = load_recipe({"name": "both", "prob": 1.0, "cutmix": {"alpha": 1.0}, "mixup": {"alpha": 1.0},
+                              "switch_prob": 0.5})
+    _, out = mix.apply(images, targets, params)
+    for i, (own, other) in enumerate(((a, b), (b, a))):
+        ref = F.cutmix(own, other, (25, 0, 45, 40)) if i == 0 else F.mixup(own, other, float(np.float32(0.25)))
+        got = to_numpy(out[i])
+        np.testing.assert_allclose(got["crowd_boxes"], ref["crowd_boxes"])
+        np.testing.assert_array_equal(got["crowd_mask"], ref["crowd_mask"])
+        assert len(got["boxes"]) == len(ref["boxes"])  # no crowd among the targets
