@@ -152,7 +152,8 @@ def get_args_parser(add_help: bool = True, prog: str | None = None) -> argparse.
     g.add_argument("--mix-per", choices=("batch", "pair"), default="pair",
                    help="draw the mixing parameters once per batch or once per pair")
     g.add_argument("--no-mix-epochs", type=_non_negative_int, default=1,
-                   help="switch mixing off for the last N epochs")
+                   help="switch mixing off for the last N epochs; with the default, a 1-epoch run mixes "
+                        "nothing: give 0 to mix in a short smoke run")
 
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=12, help="number of epochs")
@@ -293,6 +294,16 @@ _SPLITS = (
 )
 
 
+def _origin(args: argparse.Namespace, key: str) -> str:
+    """The argument that gave the path ``key`` of :func:`resolve_data`, for error messages."""
+    if getattr(args, key, None) is not None:
+        return "--" + key.replace("_", "-")
+    if args.data_path is not None:
+        relative = next(r for k, r, _ in _SPLITS if k == key)
+        return f"--data-path (COCO 2017 layout: {relative})"
+    return "the embedded synthetic dataset"
+
+
 def resolve_data(args: argparse.Namespace) -> DataPaths:
     """The dataset of ``args``: explicit files first, then ``--data-path`` (COCO 2017 layout), else
     the embedded synthetic dataset (:func:`detmix.data.default_dataset`)."""
@@ -326,13 +337,36 @@ def resolve_data(args: argparse.Namespace) -> DataPaths:
     return DataPaths(name, **paths)
 
 
-def _source(annotations: Path, images: Path, subset: int) -> Any:
+def _source(annotations: Path, images: Path, subset: int, origin: str) -> Any:
     from detmix.coco import CocoDetectionSource
 
     source = CocoDetectionSource(annotations, images, masks=False)
     if subset and subset < len(source):
         source = CocoDetectionSource(annotations, images, masks=False, image_ids=source.image_ids[:subset])
+    _check_image_files(source, origin)
     return source
+
+
+def _check_image_files(source: Any, origin: str, shown: int = 5) -> None:
+    """Every image that ``source`` will load is a file: checked before the first step, since a
+    missing one would stop a DataLoader worker mid-epoch with a long traceback. ``origin`` names
+    the argument that gave the image folder."""
+    missing = []
+    for image_id in source.image_ids:
+        file_name = source.coco.imgs[image_id].get("file_name")
+        try:
+            path = source.image_path(file_name)
+        except ValueError as error:
+            raise ValueError(f"{origin}: {error}") from None
+        if not path.is_file():
+            missing.append(file_name)
+    if missing:
+        names = ", ".join(repr(name) for name in missing[:shown])
+        more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise FileNotFoundError(
+            f"{origin}: {len(missing)} of the {len(source)} images listed in {str(source.annotation_file)!r} are "
+            f"missing from {str(source.image_dir)!r}: {names}{more}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,8 +571,9 @@ def build(args: argparse.Namespace, dist_info: Any = None) -> Setup:
         )
 
     data = resolve_data(args)
-    val_source = _source(data.val_annotations, data.val_images, args.val_subset)
-    train_source = None if args.eval_only else _source(data.train_annotations, data.train_images, args.train_subset)
+    val_source = _source(data.val_annotations, data.val_images, args.val_subset, _origin(args, "val_images"))
+    train_source = None if args.eval_only else _source(data.train_annotations, data.train_images, args.train_subset,
+                                                       _origin(args, "train_images"))
     label_map = _label_map(args, train_source, val_source, checkpoint)
     if checkpoint is not None and tuple(checkpoint["label_map"]) != label_map.category_ids:
         raise ValueError(f"--resume: the checkpoint's categories {list(checkpoint['label_map'])[:10]}... differ from "

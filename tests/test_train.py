@@ -99,6 +99,19 @@ def test_config_errors_name_the_file_the_key_and_the_value(tmp_path: Path, capsy
     assert re.search(message, capsys.readouterr().err)
 
 
+def test_help_and_docs_say_a_one_epoch_run_mixes_nothing_by_default(capsys) -> None:
+    assert parse_args([]).no_mix_epochs == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--help"], prog="detmix train")
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("--no-mix-epochs NO_MIX_EPOCHS switch mixing off for the last N epochs; with the default, a 1-epoch "
+            "run mixes nothing: give 0 to mix in a short smoke run (default: 1)") in help_text
+    docs = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    smoke_section = docs[docs.index("### A small run on the CPU"):docs.index("### COCO 2017")]
+    assert "detmix train --epochs 1 --no-mix-epochs 0" in smoke_section
+    assert "**A 1-epoch run mixes nothing unless you say `--no-mix-epochs 0`**" in " ".join(smoke_section.split())
+
+
 def test_command_line_errors_name_the_argument(capsys) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--model", "yolo"])
@@ -143,6 +156,28 @@ def test_bad_runs_stop_with_a_message_naming_the_argument(synthetic_env, tmp_pat
     code = cli([*argv, "--output-dir", str(tmp_path), "--no-progress"], prog="detmix train")
     assert code == 2
     assert f"detmix train: error: {message}" in capsys.readouterr().err
+
+
+def test_missing_image_files_stop_the_run_before_the_first_step(synthetic_env, tmp_path, capsys) -> None:
+    # A copy of the synthetic dataset whose train folder lacks 7 of its images: the run must stop at
+    # once with one line naming the count and the first few, not in a DataLoader worker mid-epoch.
+    import shutil
+
+    images = tmp_path / "train"
+    shutil.copytree(synthetic_env.train_images, images)
+    listed = json.loads(synthetic_env.train_annotations.read_text(encoding="utf-8"))["images"]
+    gone = sorted(listed, key=lambda info: info["id"])[3:10]
+    for info in gone:
+        (images / info["file_name"]).unlink()
+    argv = [*SMOKE, "--workers", "2", "--train-annotations", str(synthetic_env.train_annotations),
+            "--train-images", str(images), "--val-annotations", str(synthetic_env.val_annotations),
+            "--val-images", str(synthetic_env.val_images), "--output-dir", str(tmp_path / "out")]
+    assert cli(argv, prog="detmix train") == 2
+    err = capsys.readouterr().err
+    first = ", ".join(repr(info["file_name"]) for info in gone[:5])
+    assert err == (f"detmix train: error: --train-images: 7 of the {len(listed)} images listed in "
+                   f"{str(synthetic_env.train_annotations)!r} are missing from {str(images)!r}: {first} and 2 more\n")
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
 # --------------------------------------------------------------------------------------------
