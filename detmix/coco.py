@@ -11,8 +11,12 @@ annotation file and its image folder: COCO 2017 itself, or the synthetic dataset
      "image_id": int, "file_name": str}
 
 Crowd annotations are regions to ignore, not objects: they stay out of ``boxes`` and come as
-``crowd_boxes`` and the union ``crowd_mask``. Boxes are clipped to the image; those narrower or
-shorter than ``min_box_size`` are left out and counted in :attr:`CocoDetectionSource.skipped`.
+``crowd_boxes`` and the union ``crowd_mask``. A box that pokes out of its image by at most
+:data:`BOX_OVERSHOOT` (1 px, the rounding of COCO exports) is clipped onto it and counted in
+:attr:`CocoDetectionSource.clipped`; one farther out is left out, counted in
+:attr:`CocoDetectionSource.refused` and logged (the service refuses it with a 422: one rule). Boxes
+narrower or shorter than ``min_box_size`` are left out and counted in
+:attr:`CocoDetectionSource.skipped`.
 
 pycocotools is needed (``pip install "detmix[coco]"``); it is imported when a source is built.
 """
@@ -35,9 +39,21 @@ from PIL import Image
 
 from detmix.data import decode_rle
 
-__all__ = ["CocoDetectionSource", "annotations_to_target", "decode_masks"]
+__all__ = ["BOX_OVERSHOOT", "CocoDetectionSource", "annotations_to_target", "box_overshoot", "decode_masks"]
 
 logger = logging.getLogger(__name__)
+
+#: How far (pixels) a COCO ``[x, y, w, h]`` box may poke out of its image and still be clipped
+#: onto it (``x + w = 640.01`` on a 640 px image is common rounding in COCO exports); farther
+#: out it is an error of the annotation. The one threshold of every face.
+BOX_OVERSHOOT = 1.0
+
+
+def box_overshoot(bbox: Sequence[float], width: float, height: float) -> float:
+    """How far (pixels, >= 0) the COCO box ``[x, y, w, h]`` reaches outside a ``width x height``
+    image: 0 for a box inside it."""
+    x, y, w, h = (float(v) for v in bbox)
+    return max(0.0, -x, -y, x + w - width, y + h - height)
 
 
 class CocoDetectionSource:
@@ -59,6 +75,10 @@ class CocoDetectionSource:
         image_ids (tuple of int): the image id of each index.
         skipped (dict of int to int): image id -> number of annotations left out by
             ``min_box_size``, for the images that lost any.
+        clipped (dict of int to int): image id -> number of boxes clipped onto the image (they
+            poked out by at most :data:`BOX_OVERSHOOT`), for the images that had any.
+        refused (dict of int to list of int): image id -> ids of the annotations left out because
+            their box pokes farther out (logged as a warning).
     """
 
     def __init__(
@@ -117,7 +137,20 @@ class CocoDetectionSource:
                 )
 
         self.skipped: dict[int, int] = {}
+        self.clipped: dict[int, int] = {}
+        self.refused: dict[int, list[int]] = {}
         self._targets = {image_id: self._boxes_of(image_id) for image_id in dict.fromkeys(self.image_ids)}
+        if self.clipped:
+            logger.info(
+                "%s: clipped %d boxes that poked out of their image by at most %g px, in %d images",
+                self.annotation_file.name, sum(self.clipped.values()), BOX_OVERSHOOT, len(self.clipped),
+            )
+        if self.refused:
+            ids = [i for anns in self.refused.values() for i in anns]
+            logger.warning(
+                "%s: left out %d annotations whose box pokes more than %g px out of its image (ids %s%s)",
+                self.annotation_file.name, len(ids), BOX_OVERSHOOT, ids[:5], " ..." if len(ids) > 5 else "",
+            )
         if self.skipped:
             logger.info(
                 "%s: left out %d annotations under min_box_size=%g in %d images",
@@ -207,6 +240,10 @@ class CocoDetectionSource:
         )
         if target["skipped"]:
             self.skipped[image_id] = target["skipped"]
+        if target["clipped"]:
+            self.clipped[image_id] = target["clipped"]
+        if target["refused"]:
+            self.refused[image_id] = target["refused"]
         return target
 
     def _masks(self, anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
@@ -222,16 +259,23 @@ def annotations_to_target(
     :mod:`detmix.datasets` both use it).
 
     Returns a dict with ``boxes`` (N, 4) float32, ``labels``, ``ids`` (N,) int64, ``area`` (N,)
-    float32, ``anns`` (the kept annotation dicts), ``crowd_boxes`` (M, 4) float32, ``crowd_anns``
-    and ``skipped`` (how many were left out by ``min_box_size``).
+    float32, ``anns`` (the kept annotation dicts), ``crowd_boxes`` (M, 4) float32, ``crowd_anns``,
+    ``skipped`` (how many were left out by ``min_box_size``), ``clipped`` (how many boxes were
+    clipped onto the image, by at most :data:`BOX_OVERSHOOT`) and ``refused`` (the ids of the
+    annotations left out for reaching farther out).
     """
-    keep, crowd, skipped = [], [], 0
+    keep, crowd, skipped, clipped, refused = [], [], 0, 0, []
     for k, ann in enumerate(annotations):
         bbox = ann.get("bbox") if isinstance(ann, Mapping) else None
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             name = ann.get("id", k) if isinstance(ann, Mapping) else k
             raise ValueError(f"annotation {name!r} must be a COCO dict with bbox [x, y, w, h], got {ann!r:.80}")
         x, y, w, h = (float(v) for v in bbox)
+        overshoot = box_overshoot(bbox, width, height)
+        if overshoot > BOX_OVERSHOOT:
+            refused.append(ann.get("id", k))
+            continue
+        clipped += overshoot > 0
         x1, x2 = np.clip([x, x + w], 0.0, float(width)).tolist()
         y1, y2 = np.clip([y, y + h], 0.0, float(height)).tolist()
         box = [x1, y1, x2, y2]
@@ -250,6 +294,8 @@ def annotations_to_target(
         "crowd_anns": [ann for ann, _ in crowd],
         "crowd_boxes": np.array([box for _, box in crowd], dtype=np.float32).reshape(-1, 4),
         "skipped": skipped,
+        "clipped": int(clipped),
+        "refused": refused,
     }
 
 

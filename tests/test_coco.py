@@ -198,24 +198,29 @@ def test_bad_arguments_are_refused(synthetic: SyntheticCoco, kwargs: dict, error
         CocoDetectionSource(synthetic.val_annotations, synthetic.val_images, **kwargs)
 
 
-def test_boxes_are_clipped_and_small_ones_counted(tmp_path: Path) -> None:
+def test_boxes_are_clipped_and_small_ones_counted(tmp_path: Path, caplog) -> None:
     Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "a.png")
     square = [[0, 0, 10, 0, 10, 10, 0, 10]]
     annotations = [
-        {"id": 7, "image_id": 5, "category_id": 1, "bbox": [-5, 20, 20, 20], "area": 1.0, "iscrowd": 0,
-         "segmentation": square},
+        {"id": 7, "image_id": 5, "category_id": 1, "bbox": [-0.5, 20, 15.5, 10.01], "area": 1.0, "iscrowd": 0,
+         "segmentation": square},  # pokes 0.5 px out: clipped, and counted
+        {"id": 6, "image_id": 5, "category_id": 1, "bbox": [-5, 20, 20, 10], "area": 1.0, "iscrowd": 0,
+         "segmentation": square},  # 5 px out: an error of the annotation, left out and logged
         {"id": 8, "image_id": 5, "category_id": 1, "bbox": [3, 3, 0.5, 9], "area": 1.0, "iscrowd": 0,
          "segmentation": square},
         {"id": 9, "image_id": 5, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16.0, "iscrowd": 0,
          "segmentation": square},
     ]
     images = [{"id": 5, "file_name": "a.png", "height": 30, "width": 40}]
-    source = CocoDetectionSource(write_coco(tmp_path / "a.json", images, annotations), tmp_path)
+    with caplog.at_level("INFO", logger="detmix.coco"):
+        source = CocoDetectionSource(write_coco(tmp_path / "a.json", images, annotations), tmp_path)
     sample = source[0]
     np.testing.assert_array_equal(sample["boxes"], [[0, 20, 15, 30], [1, 1, 5, 5]])
     np.testing.assert_array_equal(sample["ids"], [7, 9])
     assert sample["masks"].shape == (2, 30, 40)
-    assert source.skipped == {5: 1}
+    assert source.skipped == {5: 1} and source.clipped == {5: 1} and source.refused == {5: [6]}
+    assert "clipped 1 boxes that poked out of their image by at most 1 px" in caplog.text
+    assert "left out 1 annotations whose box pokes more than 1 px out of its image (ids [6])" in caplog.text
     np.testing.assert_array_equal(sample["image"][0, 0], [10, 20, 30])
 
 

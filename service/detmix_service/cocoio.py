@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from detmix.coco import decode_masks
+from detmix.coco import BOX_OVERSHOOT, decode_masks
 from detmix.data import decode_rle
 from detmix_service.errors import ErrorItem, InvalidInput, UnsupportedMediaType
 
@@ -60,9 +60,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: How far (pixels) a box or polygon may overshoot its image before it counts as outside: float
-#: noise of ``x + w``, nothing more. Boxes within it are clipped to the image.
-BOX_TOLERANCE = 1e-3
+#: How far (pixels) a box or polygon may overshoot its image before it counts as outside: the
+#: core's :data:`detmix.coco.BOX_OVERSHOOT` (1 px, the rounding of COCO exports), one rule for
+#: every face. Boxes within it are clipped to the image and listed in the answer's ``clipped``.
+BOX_TOLERANCE = BOX_OVERSHOOT
 #: Largest side of an image, in pixels.
 MAX_SIDE = 65_535
 MAX_ID = 2**63 - 1
@@ -265,8 +266,8 @@ def check_annotation(
     if broken or x2 <= x1 or y2 <= y1:
         errors.add(
             [*loc, "bbox"],
-            f"{name}: bbox {ann.bbox} must lie inside image {image.id} ({width}x{height}), but "
-            + (", ".join(broken) if broken else "nothing of it is inside"),
+            f"{name}: bbox {ann.bbox} must lie inside image {image.id} ({width}x{height}) up to the "
+            f"{BOX_TOLERANCE:g} px that are clipped, but " + (", ".join(broken) if broken else "nothing of it is inside"),
         )
     segmentation = ann.segmentation
     if isinstance(segmentation, list):

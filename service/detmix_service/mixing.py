@@ -18,6 +18,7 @@ This module is plain synchronous code; the app runs it in a worker thread and pa
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,6 +28,7 @@ import numpy as np
 
 from detmix import mix_pair
 from detmix.align import align_canvas
+from detmix.coco import BOX_OVERSHOOT, box_overshoot
 from detmix.data import encode_rles
 from detmix.functional import DropReason, check_cut_box
 from detmix.recipes import Recipe
@@ -42,7 +44,9 @@ from detmix_service.cocoio import (
 from detmix_service.errors import InvalidInput
 from detmix_service.schemas import ImageParams, OutputOptions
 
-__all__ = ["Plan", "SourceImage", "draw_plan", "mix_batch", "replay_plan"]
+__all__ = ["Plan", "SourceImage", "clipped_boxes", "draw_plan", "mix_batch", "replay_plan"]
+
+logger = logging.getLogger(__name__)
 
 #: Per-box keys that ride along with the boxes through the kernels.
 BOX_KEYS = ("ann_id",)
@@ -187,6 +191,19 @@ def _replayed_params(item: ImageParams, a: SourceImage, b: SourceImage, recipe: 
     return MixParams(p.mode, lam, None if p.cut_box is None else tuple(p.cut_box), canvas)
 
 
+def clipped_boxes(images: Sequence[SourceImage]) -> list[dict[str, Any]]:
+    """The input annotations whose box poked out of its image (by at most
+    :data:`detmix.coco.BOX_OVERSHOOT`, or validation would have refused it) and was clipped."""
+    out = []
+    for image in images:
+        height, width = image.canvas
+        for ann in image.annotations:
+            overshoot = box_overshoot(ann.bbox, width, height)
+            if overshoot > 0:
+                out.append({"image_id": image.id, "annotation_id": ann.id, "overshoot": overshoot})
+    return out
+
+
 def _crowd_annotations(
     out: dict[str, Any], image: SourceImage, sources: tuple[SourceImage, SourceImage], first_id: int
 ) -> list[dict[str, Any]]:
@@ -281,11 +298,17 @@ def mix_batch(
             "data": base64.b64encode(data).decode("ascii"),
             "mix": {"image_id": image.id, "partner_id": partner.id, "params": params.to_dict()},
         })
+    clipped = clipped_boxes(images)
+    if clipped:
+        logger.info("clipped %d boxes that poked out of their image by at most %g px (annotation ids %s%s)",
+                    len(clipped), BOX_OVERSHOOT, [c["annotation_id"] for c in clipped[:5]],
+                    " ..." if len(clipped) > 5 else "")
     return {
         "images": out_images,
         "annotations": out_annotations,
         "categories": [c.model_dump() for c in categories],
         "dropped": dropped,
+        "clipped": clipped,
         "recipe": recipe.model_dump(mode="json"),
         "seed": plan.seed,
     }

@@ -153,11 +153,20 @@ class DroppedAnnotation(BaseModel):
     reason: Literal["invisible", "min_visibility", "min_area", "min_size", "min_weight"]
 
 
+class ClippedBox(BaseModel):
+    image_id: int = Field(description="the input image")
+    annotation_id: int = Field(description="the input annotation whose bbox was clipped onto its image")
+    overshoot: float = Field(description="how far (pixels, at most 1) the bbox reached out of its image")
+
+
 class MixResponse(BaseModel):
     images: list[MixedImage]
     annotations: list[MixedAnnotation]
     categories: list[CocoCategory]
     dropped: list[DroppedAnnotation]
+    clipped: list[ClippedBox] = Field(
+        description="input boxes that poked out of their image by at most 1 px and were clipped onto it"
+    )
     recipe: Recipe
     seed: int | None = Field(description="the seed used (null when the call replayed params)")
 

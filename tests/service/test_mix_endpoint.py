@@ -92,12 +92,36 @@ def test_images_of_different_sizes_are_padded_to_a_common_canvas(client):
     check_against_core(body, answer, "mixup")
 
 
-def test_crowd_flags_ride_with_their_boxes(client):
-    body = coco_batch(2) | {"recipe": "mixup"}
+def test_crowd_regions_come_back_as_regions_never_as_targets(client):
+    body = coco_batch(2) | {"recipe": "mixup", "output": {"format": "png"}}
     body["annotations"][1]["iscrowd"] = 1
     answer = client.post("/v1/mix", json=body).json()
-    crowd = {(a["source_image_id"], a["source_annotation_id"]): a["iscrowd"] for a in answer["annotations"]}
-    assert crowd[(1, 11)] == 1 and crowd[(1, 10)] == 0
+    by_source = {(a["source_image_id"], a["source_annotation_id"]): a for a in answer["annotations"]}
+    assert by_source[(1, 11)]["iscrowd"] == 1 and "mix_weight" not in by_source[(1, 11)]
+    assert by_source[(1, 10)]["iscrowd"] == 0 and by_source[(1, 10)]["mix_weight"] > 0
+    assert check_against_core(body, answer, "mixup") > 0
+    # a CutMix whose cut covers the crowd region whole removes it: it is not listed as dropped
+    params = [{"image_id": 1, "partner_id": 2, "params": {"mode": "cutmix", "lam": 1 - 30 * 40 / 1200,
+                                                          "cut_box": [0, 0, 40, 30], "canvas": [30, 40]}},
+              {"image_id": 2, "partner_id": 1, "params": {"mode": "none", "lam": 1.0, "canvas": [30, 40]}}]
+    replay = {k: v for k, v in body.items() if k != "seed"} | {"recipe": "cutmix", "params": params}
+    cut = client.post("/v1/mix", json=replay).json()
+    assert all(a["iscrowd"] == 0 for a in cut["annotations"] if a["image_id"] == 1)
+    assert 11 not in {d["source_annotation_id"] for d in cut["dropped"]}
+
+
+def test_a_box_poking_out_by_a_rounding_is_clipped_and_said(client):
+    """COCO exports often have x + w = 640.01 on a 640 px image: clipped, listed in ``clipped``
+    (CocoDetectionSource does the same); more than 1 px out is still refused."""
+    body = coco_batch(2) | {"recipe": "cutmix", "output": {"format": "png"}}
+    body["annotations"][0]["bbox"] = [30.0, 2.0, 10.01, 5.0]  # x + w = 40.01 on a 40 px image
+    response = client.post("/v1/mix", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["clipped"] == [{"image_id": 1, "annotation_id": 10, "overshoot": pytest.approx(0.01, abs=1e-9)}]
+    check_against_core(body, answer, "cutmix")  # the core's sample clips it onto the image too
+    body["annotations"][0]["bbox"] = [30.0, 2.0, 11.5, 5.0]
+    assert client.post("/v1/mix", json=body).status_code == 422
 
 
 def test_output_images_carry_no_exif(client):
