@@ -218,6 +218,13 @@ def test_transform_is_applied_and_single_item_datasets_warn():
     tf = A.Compose([BoxCutMix(p=1.0)], bbox_params=A.BboxParams(format="coco", label_fields=["labels"]), seed=0)
     out = MixDataset(Items(3), tf, seed=0)[1]
     assert len(out[WEIGHTS_KEY]) == len(out["bboxes"]) == len(out["masks"]) and set(out["labels"]) <= {1, 2, 3}
+    # The partners (whole images and masks) are not carried on once mixed, unless asked.
+    assert "mix_metadata" not in out and set(out) == {"image", "bboxes", "labels", "masks", WEIGHTS_KEY}
+    def fresh():
+        return A.Compose([BoxCutMix(p=1.0)], bbox_params=A.BboxParams(format="coco", label_fields=["labels"]), seed=0)
+    kept = MixDataset(Items(3), fresh(), seed=0, keep_metadata=True)[1]
+    assert [int(p["image"][0, 0, 0]) for p in kept["mix_metadata"]] == partners_of(MixDataset(Items(3), seed=0)[1])
+    np.testing.assert_array_equal(kept["image"], MixDataset(Items(3), fresh(), seed=0)[1]["image"])
     lonely = MixDataset(Items(1), tf, seed=0)
     with pytest.warns(UserWarning, match=r"no partner sample under 'mix_metadata'"):
         out = lonely[0]
@@ -234,6 +241,7 @@ def test_transform_is_applied_and_single_item_datasets_warn():
         ({"bbox_format": "xyxy"}, ValueError, r"bbox_format must be one of"),
         ({"seed": -1}, ValueError, r"seed must be a non-negative int or None, got -1"),
         ({"to_item": 1}, TypeError, r"to_item must be callable or None, got int"),
+        ({"keep_metadata": "yes"}, TypeError, r"keep_metadata must be a bool, got str"),
     ],
 )
 def test_mix_dataset_arguments(kwargs, error, message):
@@ -277,6 +285,7 @@ def test_dataloader_with_two_workers(synthetic):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x[WEIGHTS_KEY], y[WEIGHTS_KEY])
         assert len(x["bboxes"]) == len(x["labels"]) == len(x["masks"]) == len(x[WEIGHTS_KEY])
+        assert "mix_metadata" not in x  # the partners stay in the worker
     # weight="lam": the sample's boxes weigh lam, so each item shows the lam its worker drew.
     lams = [round(float(item[WEIGHTS_KEY][0]), 6) for item in first]
     worker0, worker1 = lams[0::2], lams[1::2]  # batches go to the workers in turn
