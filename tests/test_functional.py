@@ -404,3 +404,43 @@ def test_torch_image_dtypes_are_kept(dtype):
     for out in (F.mixup(a, b, np.float32(0.25)), F.cutmix(a, b, (0, 0, 3, 3))):
         assert out["image"].dtype == getattr(torch, dtype)
     assert F.mixup(a, b, 0.25)["image"].float().mean().item() == pytest.approx(125.0, rel=1e-2)
+
+
+# ---------------------------------------------------------------- dropped["reason"], as README says
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_dropped_reason_is_int64_codes_of_drop_reason_as_the_readme_says(kind):
+    import re
+    from pathlib import Path
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    claim = " ".join(readme[readme.index('`dropped["reason"]` is'):].split("\n\n")[0].split())
+    assert claim.startswith('`dropped["reason"]` is an int64 array (or tensor) of `detmix.DropReason` codes')
+    assert dict(re.findall(r"`([A-Z_]+)` (\d)", claim)) == {m.name: str(m.value) for m in DropReason}
+
+    conv = (lambda s: s) if kind == "numpy" else to_torch
+    b = make_sample(100, 100, [[30, 30, 50, 50], [90, 90, 95, 95]])  # 1/4 inside the cut; wholly outside it
+    cases = [
+        (F.cutmix(conv(make_sample(100, 100)), conv(b), (40, 40, 60, 60)), [DropReason.INVISIBLE]),
+        (F.cutmix(conv(make_sample(100, 100)), conv(b), (40, 40, 60, 60), min_visibility=0.5),
+         [DropReason.MIN_VISIBILITY, DropReason.INVISIBLE]),
+        (F.cutmix(conv(make_sample(100, 100)), conv(b), (40, 40, 60, 60), min_area=101.0),
+         [DropReason.MIN_AREA, DropReason.INVISIBLE]),
+        (F.cutmix(conv(make_sample(100, 100)), conv(b), (40, 40, 60, 60), min_size=11.0),
+         [DropReason.MIN_SIZE, DropReason.INVISIBLE]),
+        (F.mixup(conv(make_sample(100, 100)), conv(b), 0.95, min_weight=0.1),
+         [DropReason.MIN_WEIGHT, DropReason.MIN_WEIGHT]),
+    ]
+    seen = set()
+    for out, expected in cases:
+        reason = out["dropped"]["reason"]
+        assert isinstance(reason, np.ndarray if kind == "numpy" else torch.Tensor)
+        assert str(reason.dtype).endswith("int64")
+        names = [DropReason(int(code)) for code in reason]
+        assert sorted(names) == sorted(expected)
+        assert bool((reason == expected[0]).any())  # compares with the enum directly
+        seen.update(names)
+    assert seen == set(DropReason)
