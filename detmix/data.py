@@ -166,7 +166,7 @@ def decode_rle(rle: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray
     if isinstance(counts, bytes):
         counts = counts.decode("ascii", errors="replace")
     if isinstance(counts, str):
-        runs = _string_to_counts(counts)
+        runs = _string_to_counts(counts, limit=height * width)
         total = int(runs.sum())
     elif isinstance(counts, (list, tuple)) and all(_is_int(v) and v >= 0 for v in counts):
         runs = [int(v) for v in counts]
@@ -246,13 +246,25 @@ def _counts_to_strings(counts: np.ndarray, first: np.ndarray) -> list[str]:
     return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _string_to_counts(string: str) -> np.ndarray:
+def _string_to_counts(string: str, limit: int | None = None) -> np.ndarray:
     """rleFrString, all characters at once, refusing what the C code would misread: the runs
     (int64, or Python ints where they would not fit) with the error the first bad value,
-    character or the end of the string calls for, in reading order."""
-    chars = np.frombuffer(string.encode("utf-32-le"), dtype=np.uint32) - np.uint32(48)  # '0'..'o' -> 0..63
-    bad = len(chars) if not len(chars) or chars.max() < 64 else int(np.argmax(chars >= 64))
+    character or the end of the string calls for, in reading order.
+
+    With ``limit`` (the mask's pixel count) the reading stops at the first value that cannot be
+    part of such a mask (over 12 characters, or a change of more than ``limit``) and at the first
+    run that takes the runs' sum past ``limit``, each with its error: time and memory stay linear
+    in the string's length (Python ints are never needed)."""
+    if string.isascii():
+        chars = np.frombuffer(string.encode("ascii"), dtype=np.uint8).astype(np.int16) - 48  # '0'..'o' -> 0..63
+    else:
+        chars = (np.frombuffer(string.encode("utf-32-le"), dtype=np.uint32) - np.uint32(48)).view(np.int32)
+    bad = len(chars) if not len(chars) or (chars.min() >= 0 and chars.max() < 64) else int(
+        np.argmax((chars < 0) | (chars >= 64)))
     ends = np.flatnonzero(chars[:bad] < 32)  # the last character of each value read: bit 0x20 clear
+    if limit is not None and (runs := _bounded_runs(string, chars, bad, ends, limit)) is not None:
+        return runs
+    chars = chars.astype(np.uint32)
     runs = _runs(chars, ends, np.int64)
     if runs is None:
         runs = _runs(chars, ends, object)
@@ -266,7 +278,48 @@ def _string_to_counts(string: str) -> np.ndarray:
     return runs
 
 
-def _runs(chars: np.ndarray, ends: np.ndarray, dtype: Any) -> np.ndarray | None:
+def _bounded_runs(string: str, chars: np.ndarray, bad: int, ends: np.ndarray, limit: int) -> np.ndarray | None:
+    """:func:`_string_to_counts` for a mask of ``limit`` pixels (``chars``: the characters minus
+    48, ``bad``: the first one outside '0'..'o', ``ends``: where each value ends); None when
+    ``limit`` is too large for int64 sums."""
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+    long = np.flatnonzero(ends + 1 - starts > 12)
+    read = int(long[0]) if len(long) else len(ends)  # values from the first one over 12 characters are not read
+    values = _runs(chars, ends[:read], np.int64, accumulate=False)  # |value| < 2**60
+    # Runs of such a mask are 0..limit, so a value (a run, or a run minus the run two before it)
+    # beyond +-limit gives a run out of 0..limit by its index at the latest: read up to it.
+    far = np.flatnonzero(np.abs(values) > limit)
+    if len(far):
+        values = values[: int(far[0]) + 1]
+    if len(values) * float(limit) >= 2.0**61:
+        return None
+    values[1::2] = np.cumsum(values[1::2])
+    values[2::2] = np.cumsum(values[2::2])
+    runs = values
+    negative = np.flatnonzero(runs < 0)
+    past = np.flatnonzero(np.cumsum(np.maximum(runs, 0)) > limit)
+    first_negative = int(negative[0]) if len(negative) else len(runs)
+    first_past = int(past[0]) if len(past) else len(runs)
+    if first_negative < first_past:
+        raise ValueError(f"rle['counts'] decodes to a negative run ({runs[first_negative]}) at run {first_negative}")
+    if first_past < len(runs):
+        raise ValueError(
+            f"rle['counts'] runs pass the mask's {limit} pixels at run {first_past} (ending at character "
+            f"{int(ends[first_past])})"
+        )
+    if read < len(ends):
+        raise ValueError(
+            f"rle['counts'] value {read} (characters {int(starts[read])}..{int(ends[read])}) is longer than the 12 "
+            "characters a 64-bit run can take"
+        )
+    if bad < len(chars):
+        raise ValueError(f"rle['counts'] must use characters '0'..'o', got {string[bad]!r} at {bad}")
+    if len(chars) and chars[-1] >= 32:
+        raise ValueError("rle['counts'] is cut short: its last character announces one more")
+    return runs
+
+
+def _runs(chars: np.ndarray, ends: np.ndarray, dtype: Any, accumulate: bool = True) -> np.ndarray | None:
     """The runs of the values ending at ``ends``, computed in ``dtype``; None when int64 could
     overflow (values of over 12 characters, or sums that could pass 2**62)."""
     if len(ends) == 0:
@@ -281,6 +334,8 @@ def _runs(chars: np.ndarray, ends: np.ndarray, dtype: Any) -> np.ndarray | None:
     # -1 << 5k into a value below 2**5k, which is subtracting 2**5k.
     values = np.add.reduceat((used & 0x1F).astype(dtype) << (5 * place).astype(dtype), starts)
     values -= (used[ends] >= 16).astype(dtype) << (5 * lengths).astype(dtype)
+    if not accumulate:
+        return values
     if dtype is not object and len(values) * float(np.abs(values).sum(dtype=np.float64)) >= 2.0**62:
         return None
     # From the fourth run on, a value is the run minus the run two before it.

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from detmix.coco import BOX_OVERSHOOT, decode_masks
 from detmix.data import decode_rle
+from detmix_service.budget import batch_cost, over_budget_message
 from detmix_service.errors import ErrorItem, InvalidInput, UnsupportedMediaType
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "instance_masks",
     "open_image",
     "pydantic_errors",
+    "segmentation_sizes",
     "sniff_format",
 ]
 
@@ -184,6 +186,8 @@ class Limits:
     max_batch_pixels: int
     max_annotations_per_image: int
     max_mask_pixels: int
+    #: bytes of server memory one batch may take (see :mod:`detmix_service.budget`); None: unbounded
+    memory_budget: int | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +306,19 @@ def check_annotation(
     return errors.items[before:]
 
 
+def segmentation_sizes(annotations: Sequence[CocoAnnotation]) -> tuple[int, int]:
+    """The polygon coordinates and the RLE ``counts`` items (characters of a string, runs of a
+    list) of ``annotations``: what decoding their masks will read."""
+    polygons = rle = 0
+    for ann in annotations:
+        segmentation = ann.segmentation
+        if isinstance(segmentation, list):
+            polygons += sum(len(polygon) for polygon in segmentation)
+        elif isinstance(segmentation, Rle):
+            rle += len(segmentation.counts)
+    return polygons, rle
+
+
 def _duplicates(records: Sequence[Any], kind: str, field: str, errors: _Errors) -> None:
     first: dict[int, int] = {}
     for k, record in enumerate(records):
@@ -344,8 +361,40 @@ def check_batch(batch: CocoBatch, limits: Limits, prefix: Sequence[str | int] = 
 
     by_id = {image.id: image for image in images}
     category_ids = {category.id for category in batch.categories}
+    # The limits first, each in one pass over the annotations, before any per-annotation work.
     counts: dict[int, int] = {}
-    with_masks = [ann.segmentation is not None for ann in annotations]
+    for ann in annotations:
+        if ann.image_id in by_id:
+            counts[ann.image_id] = counts.get(ann.image_id, 0) + 1
+    for image_id, count in counts.items():
+        if count > limits.max_annotations_per_image:
+            errors.add(
+                ["annotations"],
+                f"image {image_id} has {count} annotations, more than the limit of {limits.max_annotations_per_image}",
+                "limit",
+            )
+    example = next((ann.id for ann in annotations if ann.segmentation is not None), None)
+    if example is not None:
+        mask_pixels = sum(by_id[ann.image_id].width * by_id[ann.image_id].height
+                          for ann in annotations if ann.image_id in by_id)
+        if mask_pixels > limits.max_mask_pixels:
+            errors.add(
+                ["annotations"],
+                f"the batch's masks would take {mask_pixels} pixels (one image-sized mask per annotation), more than "
+                f"the limit of {limits.max_mask_pixels}",
+                "limit",
+            )
+    else:
+        mask_pixels = 0
+    if limits.memory_budget is not None:
+        polygons, rle = segmentation_sizes(annotations)
+        cost = batch_cost([(image.height, image.width) for image in images], mask_pixels, polygons, rle,
+                          len(annotations))
+        if cost.total > limits.memory_budget:
+            errors.add(["annotations"] if mask_pixels or polygons or rle else ["images"],
+                       over_budget_message("the batch", cost, limits.memory_budget), "memory_budget")
+    errors.raise_if_any()
+
     for k, ann in enumerate(annotations):
         if errors.full:
             break
@@ -359,32 +408,13 @@ def check_batch(batch: CocoBatch, limits: Limits, prefix: Sequence[str | int] = 
             errors.add(
                 [*loc, "category_id"], f"annotation {ann.id}: category_id {ann.category_id} is not the id of a category"
             )
-        if any(with_masks) and not with_masks[k]:
-            example = annotations[with_masks.index(True)].id
+        if example is not None and ann.segmentation is None:
             errors.add(
                 [*loc, "segmentation"],
                 f"annotation {ann.id}: has no segmentation but annotation {example} has one; give a segmentation "
                 "for every annotation or for none",
             )
-        counts[ann.image_id] = counts.get(ann.image_id, 0) + 1
         check_annotation(ann, image, loc, errors)
-    for image_id, count in counts.items():
-        if count > limits.max_annotations_per_image:
-            errors.add(
-                ["annotations"],
-                f"image {image_id} has {count} annotations, more than the limit of {limits.max_annotations_per_image}",
-                "limit",
-            )
-    if any(with_masks):
-        known = (by_id[ann.image_id] for ann in annotations if ann.image_id in by_id)
-        mask_pixels = sum(image.width * image.height for image in known)
-        if mask_pixels > limits.max_mask_pixels:
-            errors.add(
-                ["annotations"],
-                f"the batch's masks would take {mask_pixels} pixels (one image-sized mask per annotation), more than "
-                f"the limit of {limits.max_mask_pixels}",
-                "limit",
-            )
     errors.raise_if_any()
 
 

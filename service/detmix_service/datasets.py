@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from detmix.coco import CocoDetectionSource
 from detmix.data import default_dataset
-from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation
+from detmix_service.budget import batch_cost, over_budget_message
+from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation, segmentation_sizes
 from detmix_service.errors import DatasetUnreadable, InvalidInput
 from detmix_service.jobs import Answer, JobContext, encode_answer, resolve_recipe, run_plan, source_images
 from detmix_service.mixing import mix_batch
@@ -195,11 +196,18 @@ def run_dataset_batch(dataset: Dataset, request: DatasetBatchRequest, ctx: JobCo
     ids = _choose(dataset, request, ctx.limits, rng)
     records = [dataset.images[i] for i in ids]
     annotations = [ann for i in ids for ann in dataset.annotations[i]]
+    mask_pixels = 0
     if dataset.masks:
-        budget = sum(dataset.images[a.image_id].width * dataset.images[a.image_id].height for a in annotations)
-        if budget > ctx.limits.max_mask_pixels:
-            raise InvalidInput(f"the chosen images' masks would take {budget} pixels, more than the limit of "
+        mask_pixels = sum(dataset.images[a.image_id].width * dataset.images[a.image_id].height for a in annotations)
+        if mask_pixels > ctx.limits.max_mask_pixels:
+            raise InvalidInput(f"the chosen images' masks would take {mask_pixels} pixels, more than the limit of "
                                f"{ctx.limits.max_mask_pixels}", ["body"], type="limit")
+    if ctx.limits.memory_budget is not None:
+        polygons, rle = segmentation_sizes(annotations) if dataset.masks else (0, 0)
+        cost = batch_cost([(r.height, r.width) for r in records], mask_pixels, polygons, rle, len(annotations))
+        if cost.total > ctx.limits.memory_budget:
+            raise InvalidInput(over_budget_message("the chosen images", cost, ctx.limits.memory_budget), ["body"],
+                               type="memory_budget")
     pixels = []
     for image_id in ids:
         ctx.checkpoint()

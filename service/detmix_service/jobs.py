@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from detmix.recipes import Recipe
+from detmix_service.budget import json_cost, over_budget_message
 from detmix_service.cocoio import (
     CocoAnnotation,
     CocoImage,
@@ -57,8 +58,13 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number; NaN and infinities are refused")
 
 
-def parse_json(body: bytes, loc: Sequence[str | int]) -> Any:
-    """``json.loads`` that refuses NaN/Infinity and answers 422 on anything that is not JSON."""
+def parse_json(body: bytes, loc: Sequence[str | int], budget: int | None = None) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and answers 422 on anything that is not JSON, nor
+    a text whose parsed values would take more than ``budget`` bytes (counted before parsing)."""
+    if budget is not None:
+        cost = json_cost(body)
+        if cost.total > budget:
+            raise InvalidInput(over_budget_message("the JSON text", cost, budget), loc, type="memory_budget")
     try:
         return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, huge ints

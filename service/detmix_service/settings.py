@@ -73,8 +73,15 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1, le=Image.MAX_IMAGE_PIXELS)] = 4096 * 4096
     max_batch_pixels: Annotated[int, Field(ge=1, le=2**32)] = 64 * 2**20
     max_annotations_per_image: Annotated[int, Field(ge=0, le=100_000)] = 1000
-    max_mask_pixels: Annotated[int, Field(ge=1, le=2**34)] = Field(
-        default=512 * 2**20, description="sum over annotations with a segmentation of their image's pixels"
+    max_mask_pixels: Annotated[int, Field(ge=1, le=2**34)] | None = Field(
+        default=None,
+        description="sum over annotations with a segmentation of their image's pixels; none: what the memory "
+        "budget allows",
+    )
+    max_batch_memory_bytes: Annotated[int, Field(ge=16 * 2**20, le=2**40)] = Field(
+        default=1024 * 2**20,
+        description="server memory one batch may take, estimated before anything is decoded (detmix_service.budget); "
+        "the limits on mask pixels, polygon points and JSON values follow from it",
     )
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=4, description="batches admitted at once (queued for a thread or running); more get 429"

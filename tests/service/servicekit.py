@@ -328,3 +328,32 @@ def temp_files_open(server) -> list[str]:
         except OSError:
             continue
     return [t for t in targets if t.startswith(str(server.tmpdir))]
+
+
+# -- the server's memory and CPU, from /proc --------------------------------------------------
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int) -> Iterator[dict[str, float]]:
+    """The peak RSS of process ``pid`` above its RSS at entry, in MiB (``VmHWM``, reset through
+    ``clear_refs`` at entry), and the CPU seconds it spent, both filled in at exit."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before, cpu = _status_kib(pid, "VmRSS"), cpu_seconds(pid)
+    found: dict[str, float] = {}
+    yield found
+    found["peak_mib"] = (_status_kib(pid, "VmHWM") - before) / 1024
+    found["cpu_s"] = cpu_seconds(pid) - cpu
+

@@ -67,10 +67,15 @@ MIX_UPLOAD_SCHEMA = {
 }
 
 
+UNBOUNDED = 2**62
+
+
 def limits_of(runtime: Runtime) -> Limits:
     s = runtime.settings
+    # Without max_mask_pixels the memory budget bounds the masks (with everything else).
+    mask_pixels = UNBOUNDED if s.max_mask_pixels is None else s.max_mask_pixels
     return Limits(s.max_batch_images, s.max_image_pixels, s.max_batch_pixels, s.max_annotations_per_image,
-                  s.max_mask_pixels)
+                  mask_pixels, s.max_batch_memory_bytes)
 
 
 def _answer(runtime: Runtime, answer: Answer) -> Response:
@@ -116,7 +121,7 @@ async def _json_body(request: Request, runtime: Runtime, deadline: float) -> byt
 
 
 def _json_job(body: bytes, ctx: JobContext) -> Answer:
-    request = parse_model(MixRequest, parse_json(body, ["body"]), ["body"])
+    request = parse_model(MixRequest, parse_json(body, ["body"], ctx.limits.memory_budget), ["body"])
     blobs = []
     for k, image in enumerate(request.images):
         loc = ("body", "images", k, "data")
@@ -131,7 +136,8 @@ def _multipart_job(form: FormData, ctx: JobContext) -> Answer:
     if not isinstance(text, str):
         why = "is missing" if text is None else "must be a text field, not a file"
         raise InvalidInput(f"the form field 'request' (the MixRequest JSON) {why}", ["body", "request"])
-    request = parse_model(MixRequest, parse_json(text.encode("utf-8"), ["body", "request"]), ["body", "request"])
+    raw = parse_json(text.encode("utf-8"), ["body", "request"], ctx.limits.memory_budget)
+    request = parse_model(MixRequest, raw, ["body", "request"])
     files: dict[str, tuple[int, UploadFile]] = {}
     for k, part in enumerate(form.getlist("images")):
         if not isinstance(part, UploadFile) or not part.filename:
@@ -224,7 +230,7 @@ async def dataset_batch(
     body = await _json_body(request, runtime, deadline)
 
     def job(ctx: JobContext) -> Answer:
-        options = parse_model(DatasetBatchRequest, parse_json(body, ["body"]), ["body"])
+        options = parse_model(DatasetBatchRequest, parse_json(body, ["body"], ctx.limits.memory_budget), ["body"])
         return run_dataset_batch(dataset, options, ctx)
 
     return await _run(runtime, ticket, request, deadline, job)
