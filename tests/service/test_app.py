@@ -44,6 +44,15 @@ def test_catalog(client):
     assert synthetic["excluded_images"] == synthetic["excluded_annotations"] == 0
 
 
+def test_recipes_dir_adds_to_the_packaged_recipes(make_client, tmp_path):
+    (tmp_path / "gentle.yaml").write_text("description: gentle\nmixup: {alpha: 0.2}\n")
+    (tmp_path / "mixup.yaml").write_text("description: a retuned mixup\nmixup: {alpha: 3.0}\n")
+    with make_client(recipes_dir=tmp_path) as test_client:
+        recipes = {recipe["name"]: recipe for recipe in test_client.get("/v1/recipes").json()}
+    assert sorted(recipes) == ["cutmix", "deit", "gentle", "mixup"]
+    assert recipes["gentle"]["mixup"]["alpha"] == 0.2 and recipes["mixup"]["mixup"]["alpha"] == 3.0
+
+
 @pytest.fixture(scope="module")
 def keyed(make_client):
     with make_client(api_keys=[KEY, "another-key-2"]) as test_client:
