@@ -190,3 +190,52 @@ def test_batchmix_mixes_crowd_per_image_as_the_core_does():
         np.testing.assert_allclose(got["crowd_boxes"], ref["crowd_boxes"])
         np.testing.assert_array_equal(got["crowd_mask"], ref["crowd_mask"])
         assert len(got["boxes"]) == len(ref["boxes"])  # no crowd among the targets
+
+
+# ------------------------------------------------------------------ Albumentations
+
+
+def _album_item(fill: int, crowd: tuple[int, int, int, int] | None) -> dict:
+    item = {"image": np.full((H, W, 3), fill, np.uint8), "bboxes": np.array([[1.0, 1.0, 9.0, 9.0]]),
+            "labels": np.array([fill])}
+    if crowd is not None:
+        x1, y1, x2, y2 = crowd
+        item["crowd_mask"] = np.zeros((H, W), np.uint8)
+        item["crowd_mask"][y1:y2, x1:x2] = 1
+    return item
+
+
+def test_albumentations_moves_and_mixes_a_registered_crowd_mask():
+    import albumentations as A
+
+    from detmix.albumentations import BoxCutMix
+
+    mix = BoxCutMix(p=1.0, align="resize")
+    tf = A.Compose([A.LongestMaxSize(max_size=120), mix], bbox_params=A.BboxParams(format="pascal_voc",
+                   label_fields=["labels"]), additional_targets={"crowd_mask": "mask"}, seed=1)
+    item, partner = _album_item(0, (20, 10, 40, 30)), _album_item(200, (0, 0, 60, 40))
+    out = tf(**item, mix_metadata=[partner])
+    assert out["crowd_mask"].shape == out["image"].shape[:2] == (80, 120)
+    x1, y1, x2, y2 = mix.params["mix"]["cut_box"]
+    inside = np.zeros((80, 120), bool)
+    inside[y1:y2, x1:x2] = True
+    grown = np.zeros((80, 120), np.uint8)
+    grown[20:60, 40:80] = 1  # a's region after LongestMaxSize
+    np.testing.assert_array_equal(out["crowd_mask"], np.where(inside, 1, grown))  # b's region is the whole canvas
+    # a partner without crowd_mask adds none
+    out = tf(**item, mix_metadata=[_album_item(200, None)])
+    x1, y1, x2, y2 = mix.params["mix"]["cut_box"]
+    grown[y1:y2, x1:x2] = 0
+    np.testing.assert_array_equal(out["crowd_mask"], grown)
+
+
+def test_albumentations_refuses_a_crowd_mask_left_behind_by_a_resize():
+    import albumentations as A
+
+    from detmix.albumentations import BoxCutMix
+
+    tf = A.Compose([A.LongestMaxSize(max_size=120), BoxCutMix(p=1.0)],
+                   bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]), seed=1)
+    with pytest.raises(ValueError, match=r"crowd_mask must be one \(H, W\) mask on the image's canvas \(80, 120\), "
+                                         r"got shape \(40, 60\); register it as a mask target"):
+        tf(**_album_item(0, (20, 10, 40, 30)), mix_metadata=[_album_item(200, (0, 0, 60, 40))])
