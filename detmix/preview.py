@@ -6,6 +6,8 @@ tiles several; :func:`preview_dataset` is what ``detmix preview`` runs.
 
 Colours: boxes from ``a`` (the kept canvas) are orange, boxes from ``b`` (the partner) are
 blue; boxes that were dropped are drawn dashed in grey where their input geometry is given.
+Crowd regions (regions to ignore, never targets) are shaded white with a dashed white box and
+the caption ``crowd``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = ["draw_sample", "dropped_input_boxes", "make_grid", "preview_dataset",
 
 SOURCE_COLOURS = ((255, 140, 0), (30, 144, 255))  # a, b
 DROPPED_COLOUR = (160, 160, 160)
+CROWD_COLOUR = (255, 255, 255)
 
 
 def to_numpy_image(image: Any) -> np.ndarray:
@@ -96,6 +99,13 @@ def draw_sample(
             on = np.asarray(mask) > 0
             tint[on] = 0.6 * tint[on] + 0.4 * np.asarray(SOURCE_COLOURS[int(source[i]) % 2], np.float32)
         canvas = Image.fromarray(tint.astype(np.uint8))
+    if sample.get("crowd_mask") is not None:
+        crowd = Image.fromarray((_numpy(sample["crowd_mask"]) != 0).astype(np.uint8) * 255).resize(
+            size, Image.Resampling.NEAREST)
+        on = np.asarray(crowd) > 0
+        tint = np.asarray(canvas, dtype=np.float32)
+        tint[on] = 0.5 * tint[on] + 0.5 * np.asarray(CROWD_COLOUR, np.float32)
+        canvas = Image.fromarray(tint.astype(np.uint8))
 
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
@@ -105,6 +115,10 @@ def draw_sample(
     if dropped_boxes is not None:
         for box in _numpy(dropped_boxes).reshape(-1, 4) * scale:
             _dashed_rectangle(draw, box, DROPPED_COLOUR)
+    crowd_boxes = sample.get("crowd_boxes")
+    for box in (np.zeros((0, 4)) if crowd_boxes is None else _numpy(crowd_boxes).reshape(-1, 4) * scale):
+        _dashed_rectangle(draw, box, CROWD_COLOUR)
+        draw.text((box[0] + 2, box[1] + 1), "crowd", fill=CROWD_COLOUR, font=font)
     for i in range(n):
         colour = SOURCE_COLOURS[int(source[i]) % 2]
         x1, y1, x2, y2 = boxes[i]
@@ -193,7 +207,8 @@ def preview_dataset(
         tiles.append(draw_sample(out, category_names, width=tile_width, title=title,
                                  dropped_boxes=dropped_input_boxes(a, b, out), cut_box=params.cut_box))
         records.append({"a": i, "b": j, "params": params.to_dict(), "kept": int(len(out["boxes"])),
-                        "dropped": int(len(out["dropped"]["index"]))})
+                        "dropped": int(len(out["dropped"]["index"])),
+                        "crowd": int(len(out["crowd_boxes"])) if "crowd_boxes" in out else 0})
     return make_grid(tiles, cols), records
 
 

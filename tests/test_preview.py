@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import REPO, make_sample
 from detmix import functional as F
 from detmix.cli import main
-from detmix.preview import DROPPED_COLOUR, SOURCE_COLOURS, draw_sample, make_grid
+from detmix.preview import CROWD_COLOUR, DROPPED_COLOUR, SOURCE_COLOURS, draw_sample, make_grid, preview_dataset
 
 
 def test_draw_sample_draws_boxes_in_their_source_colour():
@@ -28,6 +28,31 @@ def test_draw_sample_draws_boxes_in_their_source_colour():
     assert (dropped[:, 2] == DROPPED_COLOUR).all(axis=1).any()
     scaled = draw_sample(out, width=160, title="t")
     assert scaled.size == (160, 120 + 16)
+
+
+def test_crowd_regions_are_shaded_and_outlined():
+    a = make_sample(60, 80, [[10, 10, 30, 40]], fill=0, crowd_boxes=[[40, 10, 70, 50]])
+    a["crowd_mask"] = np.zeros((60, 80), np.uint8)
+    a["crowd_mask"][10:50, 40:70] = 1
+    b = make_sample(60, 80, [], fill=0, crowd_boxes=np.zeros((0, 4)), crowd_mask=np.zeros((60, 80), np.uint8))
+    out = F.cutmix(a, b, (55, 0, 80, 60))  # takes the right half of the crowd region away
+    picture = np.asarray(draw_sample(out))
+    np.testing.assert_allclose(out["crowd_boxes"], [[40, 10, 55, 50]])
+    assert tuple(picture[30, 50]) == (127, 127, 127)  # shaded: half black, half white
+    assert tuple(picture[30, 60]) == (0, 0, 0)  # the part the cut took is not
+    assert (picture[10, 40:55] == CROWD_COLOUR).all(axis=1).any()  # the dashed outline
+
+
+def test_preview_of_real_photographs_with_crowd_shows_it(coco_mini):
+    from detmix.coco import CocoDetectionSource
+
+    annotations = coco_mini / "annotations" / "instances_val2017.json"
+    raw = json.loads(annotations.read_text())
+    crowd_ids = sorted({a["image_id"] for a in raw["annotations"] if a["iscrowd"]})
+    source = CocoDetectionSource(annotations, coco_mini / "val2017", image_ids=crowd_ids)
+    grid, records = preview_dataset(source, "mixup", num=2, seed=0)
+    assert all(r["crowd"] >= 1 for r in records)  # every tile of a mixup of crowd images keeps crowd regions
+    assert grid.width == 2 * 320 + 3 * 4
 
 
 def test_make_grid_tiles_row_by_row():
