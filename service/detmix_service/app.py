@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 import detmix
 from detmix.recipes import Recipe, builtin_recipes
 from detmix_service.cocoio import UNION_TAGS
-from detmix_service.datasets import load_datasets
+from detmix_service.datasets import load_datasets, served_datasets
 from detmix_service.errors import ClientDisconnected, ErrorItem, ServiceError
 from detmix_service.metrics import Metrics
 from detmix_service.middleware import BodySizeLimit, RequestMetrics
@@ -53,7 +53,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     runtime.recipes = load_recipes(settings)
     if not runtime.recipes:
         logger.warning("no named recipes found (set DETMIX_RECIPES_DIR): only inline recipes will work")
-    runtime.datasets = await anyio.to_thread.run_sync(load_datasets, settings, batches.limits_of(runtime))
+    loaded = await anyio.to_thread.run_sync(load_datasets, settings, batches.limits_of(runtime))
+    runtime.datasets, runtime.empty_datasets = served_datasets(loaded, settings)
     runtime.lifecycle.mark_ready()
     logger.info("ready: datasets %s, recipes %s", sorted(runtime.datasets), sorted(runtime.recipes))
     try:

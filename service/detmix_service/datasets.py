@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pydantic import ValidationError
 
 from detmix.coco import CocoDetectionSource
@@ -26,16 +27,24 @@ from detmix.data import default_dataset
 from detmix_service.budget import batch_cost, over_budget_message
 from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation, segmentation_sizes
 from detmix_service.errors import DatasetUnreadable, InvalidInput
-from detmix_service.jobs import Answer, JobContext, encode_answer, resolve_recipe, run_plan, source_images
+from detmix_service.jobs import (Answer, JobContext, check_output_size, encode_answer, resolve_recipe, run_plan,
+                                 source_images)
 from detmix_service.mixing import mix_batch
 from detmix_service.schemas import DatasetBatchRequest, DatasetInfo
 from detmix_service.settings import SYNTHETIC, Settings
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Dataset", "DatasetError", "load_dataset", "load_datasets", "run_dataset_batch"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE", "Dataset", "DatasetError", "load_dataset", "load_datasets", "run_dataset_batch",
+    "served_datasets",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
+#: What reading a dataset image may raise when its file changed under the server: Pillow raises
+#: OSError (UnidentifiedImageError), SyntaxError from some parsers, the decompression bomb error
+#: and warning (the server turns the warning into an error).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 class DatasetError(RuntimeError):
@@ -66,12 +75,19 @@ class Dataset:
         )
 
     def read(self, image_id: int) -> np.ndarray:
-        """The ``(H, W, 3)`` uint8 pixels of a served image."""
+        """The ``(H, W, 3)`` uint8 pixels of a served image. Its header is checked against its
+        record before any pixel is decoded: a file changed since the start (another size, a
+        decompression bomb, something that is no image) is :class:`DatasetUnreadable`."""
         record = self.images[image_id]
         try:
+            with Image.open(self.source.image_path(record.file_name)) as file:
+                if file.size != (record.width, record.height):
+                    raise ValueError(f"the file is {file.size[0]}x{file.size[1]}, the record {record.width}x"
+                                     f"{record.height}")
             return self.source[self.index[image_id]]["image"]
-        except (OSError, ValueError) as error:
-            logger.error("dataset %s: image %d (%s) cannot be read: %s", self.name, image_id, record.file_name, error)
+        except UNREADABLE as error:
+            logger.error("dataset %s: image %d (%s) cannot be read: %s: %s", self.name, image_id, record.file_name,
+                         type(error).__name__, error)
             raise DatasetUnreadable(f"dataset {self.name!r}: image {image_id} cannot be read on the server") from None
 
 
@@ -138,6 +154,27 @@ def load_dataset(name: str, annotations: Path, images: Path, *, masks: bool, lim
     return dataset
 
 
+def served_datasets(datasets: dict[str, Dataset], settings: Settings) -> tuple[dict[str, Dataset], list[str]]:
+    """The datasets that serve at least one image, and the names of those that serve none. A
+    configured dataset serving no image stops the start (:class:`DatasetError`, naming why)
+    unless ``settings.allow_empty_datasets``; an empty one is never offered."""
+    empty = [name for name, dataset in datasets.items() if not dataset.images]
+    if empty and not settings.allow_empty_datasets:
+        reasons = []
+        for name in empty:
+            config = settings.datasets.get(name)
+            dataset = datasets[name]
+            if config is not None and not config.images.is_dir():
+                why = f"its images folder {str(config.images)!r} is not a folder"
+            else:
+                why = f"all {dataset.excluded_images} of its images were left out (see the warnings above)"
+            reasons.append(f"dataset {name!r} serves no image: {why}")
+        raise DatasetError("; ".join(reasons) + "; fix its configuration or set allow_empty_datasets to start anyway")
+    for name in empty:
+        logger.warning("dataset %s serves no image: not offered (allow_empty_datasets is set)", name)
+    return {name: dataset for name, dataset in datasets.items() if dataset.images}, empty
+
+
 def load_datasets(settings: Settings, limits: Limits) -> dict[str, Dataset]:
     """The embedded synthetic dataset (as ``synthetic``) and every dataset of the settings."""
     synthetic = default_dataset(settings.data_dir)
@@ -195,6 +232,7 @@ def run_dataset_batch(dataset: Dataset, request: DatasetBatchRequest, ctx: JobCo
     rng = np.random.default_rng(seed)
     ids = _choose(dataset, request, ctx.limits, rng)
     records = [dataset.images[i] for i in ids]
+    check_output_size(records, request.output, ["body", "output", "format"])
     annotations = [ann for i in ids for ann in dataset.annotations[i]]
     mask_pixels = 0
     if dataset.masks:

@@ -18,6 +18,7 @@ __all__ = [
     "DatasetUnreadable",
     "DeadlineExceeded",
     "ErrorItem",
+    "InsufficientStorage",
     "InvalidInput",
     "NotFound",
     "Overloaded",
@@ -85,6 +86,12 @@ class Overloaded(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     status, reason, type = 504, "deadline_exceeded", "deadline_exceeded"
+
+
+class InsufficientStorage(ServiceError):
+    """The server's temporary folder is full (or over a quota): 507, the client may retry."""
+
+    status, reason, type = 507, "insufficient_storage", "insufficient_storage"
 
 
 class DatasetUnreadable(ServiceError):

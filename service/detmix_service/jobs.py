@@ -30,10 +30,11 @@ from detmix_service.cocoio import (
 )
 from detmix_service.errors import InvalidInput
 from detmix_service.mixing import Plan, SourceImage, draw_plan, mix_batch, replay_plan
-from detmix_service.schemas import MixRequest
+from detmix_service.schemas import MixRequest, OutputOptions
 
 __all__ = [
-    "Answer", "Blob", "JobContext", "encode_answer", "parse_json", "parse_model", "resolve_recipe", "run_mix", "run_plan",
+    "JPEG_MAX_SIDE", "Answer", "Blob", "JobContext", "check_output_size", "encode_answer", "parse_json", "parse_model",
+    "resolve_recipe", "run_mix", "run_plan",
 ]
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -173,6 +174,26 @@ def encode_answer(answer: dict[str, Any]) -> Answer:
     return Answer(body, tuple(image["mix"]["params"]["mode"] for image in answer["images"]))
 
 
+#: Largest side of a JPEG that libjpeg writes (it refuses more, whatever the format's 16 bits say).
+JPEG_MAX_SIDE = 65_500
+
+
+def check_output_size(records: Sequence[CocoImage], output: OutputOptions, loc: Sequence[str | int]) -> None:
+    """Refuse JPEG output for a batch with an image wider or taller than libjpeg writes. Output
+    ``i`` has image ``i``'s canvas or a larger one (``align: pad``), and an image's partner shares
+    its canvas only when it is larger: an output is too large exactly when some input is."""
+    if output.format != "jpeg":
+        return
+    for record in records:
+        if max(record.width, record.height) > JPEG_MAX_SIDE:
+            raise InvalidInput(
+                f"image {record.id} is {record.width}x{record.height}: its mixed image cannot be a JPEG, which holds at "
+                f"most {JPEG_MAX_SIDE} pixels a side (libjpeg); ask for output format 'png'",
+                loc,
+                type="output_too_large",
+            )
+
+
 def run_mix(
     request: MixRequest,
     blobs: Sequence[Blob],
@@ -183,6 +204,7 @@ def run_mix(
     """``POST /v1/mix`` once the body is parsed: ``blobs[k]`` holds ``request.images[k]``;
     ``prefix`` locates the request model, ``images_loc`` the image files."""
     check_batch(request, ctx.limits, prefix)
+    check_output_size(request.images, request.output, [*prefix, "output", "format"])
     recipe = resolve_recipe(request.recipe, ctx.recipes, [*prefix, "recipe"])
     pixels = decode_images(request.images, blobs, ctx.limits, ctx.checkpoint, images_loc)
     images = source_images(request.images, pixels, request.annotations, masks=True)

@@ -32,8 +32,11 @@ class BodySizeLimit:
         self.metrics = metrics
 
     def _too_large(self, declared: int | None = None) -> PayloadTooLarge:
-        size = "longer" if declared is None else f"{declared} bytes (Content-Length),"
-        return PayloadTooLarge(f"the body is {size} more than the limit of {self.max_bytes} bytes", ["body"])
+        if declared is None:
+            return PayloadTooLarge(f"the body is longer than the limit of {self.max_bytes} bytes", ["body"])
+        return PayloadTooLarge(
+            f"the body is {declared} bytes (Content-Length), more than the limit of {self.max_bytes} bytes", ["body"]
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

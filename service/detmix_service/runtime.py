@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -123,6 +123,7 @@ class Runtime:
     admission: Admission
     limiter: anyio.CapacityLimiter | None = None
     datasets: dict[str, Any] | None = None
+    empty_datasets: list[str] = field(default_factory=list)  # configured, serving no image, not offered
     recipes: dict[str, Recipe] | None = None
 
 

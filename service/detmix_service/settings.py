@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     datasets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], DatasetConfig] = Field(
         default_factory=dict, description="name -> COCO annotation file and image folder"
     )
+    allow_empty_datasets: bool = Field(
+        default=False, description="start even when a configured dataset serves no image (it is not offered)"
+    )
     data_dir: Path | None = Field(default=None, description="cache of the synthetic dataset (detmix default)")
     recipes_dir: Path | None = Field(default=None, description="folder of more named recipes, added to detmix's own")
 

@@ -232,9 +232,11 @@ def wait_ready(url: str, process: subprocess.Popen, output: Callable[[], str], t
 
 
 @contextlib.contextmanager
-def live_server(workdir: Path, settings: dict[str, Any], startup_timeout: float = 30.0) -> Iterator[LiveServer]:
+def live_server(workdir: Path, settings: dict[str, Any], startup_timeout: float = 30.0,
+                preexec_fn: Callable[[], None] | None = None) -> Iterator[LiveServer]:
     """Start a server with ``settings`` (written as a YAML file), wait for /healthz, and stop it
-    (SIGTERM, then SIGKILL) when done. Its temporary folder is ``workdir/tmp``."""
+    (SIGTERM, then SIGKILL) when done. Its temporary folder is ``workdir/tmp``; ``preexec_fn``
+    runs in the child before the server starts (resource limits)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (tmpdir := workdir / "tmp").mkdir(exist_ok=True)
     settings_file = workdir / "settings.yaml"
@@ -248,7 +250,7 @@ def live_server(workdir: Path, settings: dict[str, Any], startup_timeout: float 
         process = subprocess.Popen(
             [sys.executable, "-m", "detmix_service", "--host", "127.0.0.1", "--port", str(port),
              "--settings", str(settings_file)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=workdir, preexec_fn=preexec_fn,
         )
     server = LiveServer(process, f"http://127.0.0.1:{port}", tmpdir, log)
     try:

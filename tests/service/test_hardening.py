@@ -7,13 +7,17 @@ thread, so that one request's figures are its own)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import resource
+import shutil
 
 import httpx
 import pytest
+from PIL import Image
 
 from .servicekit import (assert_clean_log, b64, coco_batch, error_locs, error_text, image_bytes, in_flight,
-                         live_server, peak_rss, wait_until)
+                         live_server, peak_rss, temp_files_open, wait_until)
 
 JSON = {"content-type": "application/json"}
 
@@ -134,3 +138,140 @@ def test_a_batch_within_the_budget_stays_within_it(server):
         response = post(server, json.dumps(body).encode(), timeout=120)
     assert response.status_code == 200, response.text
     assert cost["peak_mib"] < 1024, cost
+
+
+# -- 3. JPEG holds 65,500 pixels a side -------------------------------------------------------------
+
+
+def test_jpeg_output_wider_than_libjpeg_writes_is_refused_up_front(server):
+    wide = 65_535  # a side the service takes (1 pixel high: far under the pixel limits)
+    body = {"images": [{"id": i, "width": wide, "height": 1, "data": b64(image_bytes(1, wide, value=50 * i))}
+                       for i in (1, 2)],
+            "annotations": [], "categories": [{"id": 1, "name": "thing"}], "seed": 0}
+    response = post(server, json.dumps(body).encode())
+    assert response.status_code == 422, response.text  # was a plain-text 500 from libjpeg
+    assert error_locs(response) == [["body", "output", "format"]]
+    assert response.json()["detail"][0]["type"] == "output_too_large"
+    assert error_text(response) == (
+        "image 1 is 65535x1: its mixed image cannot be a JPEG, which holds at most 65500 pixels a side (libjpeg); "
+        "ask for output format 'png'")
+    body["output"] = {"format": "png"}
+    response = post(server, json.dumps(body).encode())
+    assert response.status_code == 200 and response.json()["images"][0]["width"] == wide
+
+
+# -- 7. a dataset that serves no image ----------------------------------------------------------------
+
+
+def _empty_dataset_settings(tmp_path, data_dir) -> dict:
+    annotations = data_dir / "annotations" / "instances_train.json"
+    return {"data_dir": data_dir, "log_level": "info",
+            "datasets": {"lost": {"annotations": str(annotations), "images": str(tmp_path / "no-such-folder")}}}
+
+
+def test_a_dataset_that_serves_no_image_stops_the_start(tmp_path, data_dir):
+    settings = _empty_dataset_settings(tmp_path, data_dir)
+    with pytest.raises(RuntimeError, match="the server exited with 3") as failed:
+        with live_server(tmp_path / "run", settings):
+            pass
+    log = str(failed.value)
+    assert f"dataset 'lost' serves no image: its images folder '{tmp_path / 'no-such-folder'}' is not a folder" in log
+    assert "set allow_empty_datasets to start anyway" in log
+
+
+def test_an_allowed_empty_dataset_is_not_offered_and_readyz_says_so(tmp_path, data_dir):
+    settings = _empty_dataset_settings(tmp_path, data_dir) | {"allow_empty_datasets": True}
+    with live_server(tmp_path / "run", settings) as live:
+        ready = httpx.get(f"{live.url}/readyz").json()
+        assert ready == {"status": "ready", "detail": "datasets serving no image, not offered: ['lost']"}
+        assert [d["name"] for d in httpx.get(f"{live.url}/v1/datasets").json()] == ["synthetic"]
+        response = post(live, b'{"batch_size": 2}', "/v1/datasets/lost/batch")
+        assert response.status_code == 404 and response.json()["detail"][0]["type"] == "not_found"
+        assert "dataset 'lost' is not one of ['synthetic']" in error_text(response)
+        assert live.stop() == 0
+    assert_clean_log(live)
+
+
+# -- 9. the smaller ones --------------------------------------------------------------------------------
+
+
+def test_a_dataset_image_replaced_by_a_bomb_is_a_json_error(tmp_path, data_dir):
+    images = tmp_path / "images"
+    shutil.copytree(data_dir / "train", images)
+    annotations = data_dir / "annotations" / "instances_train.json"
+    records = json.loads(annotations.read_text())["images"]
+    settings = {"data_dir": data_dir, "datasets": {"copy": {"annotations": str(annotations), "images": str(images)}}}
+    with live_server(tmp_path / "run", settings) as live:
+        victim, other = records[0], records[1]
+        with Image.new("1", (20_000, 20_000)) as bomb:  # 400 Mpx in a few kB: over twice Pillow's bomb limit
+            bomb.save(images / victim["file_name"], format="PNG")
+        swapped = records[2]
+        other_size = image_bytes(swapped["height"] + 1, swapped["width"])  # another size, same name
+        (images / swapped["file_name"]).write_bytes(other_size)
+        for broken in (victim, swapped):
+            body = json.dumps({"image_ids": [broken["id"], other["id"]], "seed": 0}).encode()
+            with peak_rss(live.process.pid) as cost:
+                response = post(live, body, "/v1/datasets/copy/batch")
+            assert response.status_code == 500, response.text  # JSON, not a plain-text 500
+            assert response.json() == {"detail": [{
+                "loc": [], "msg": f"dataset 'copy': image {broken['id']} cannot be read on the server",
+                "type": "dataset_unreadable"}]}
+            assert cost["peak_mib"] < 64, cost  # the header was enough
+        assert live.stop() == 0
+    log = live.output()
+    assert "Traceback" not in log
+    assert f"image {victim['id']} ({victim['file_name']}) cannot be read: DecompressionBombError" in log
+    assert f"image {swapped['id']} ({swapped['file_name']}) cannot be read: ValueError: the file is" in log
+
+
+def test_a_multipart_body_cut_before_its_closing_delimiter_is_malformed(server):
+    body = coco_batch(2)
+    boundary = "detmixcut"
+    request = json.dumps(body | {"images": [{k: v for k, v in r.items() if k != "data"} | {"file_name": f"{r['id']}.png"}
+                                             for r in body["images"]]})
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="request"\r\n\r\n{request}\r\n'.encode()]
+    for record in body["images"]:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{record["id"]}.png"\r\n'
+                     f'Content-Type: image/png\r\n\r\n'.encode() + base64.b64decode(record["data"]) + b"\r\n")
+    whole = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    assert httpx.post(f"{server.url}/v1/mix", content=whole, headers=headers, timeout=30).status_code == 200
+    for cut in (len(whole) - 10, len(parts[0]) + 100, 40):
+        response = httpx.post(f"{server.url}/v1/mix", content=whole[:cut], headers=headers, timeout=30)
+        assert response.status_code == 422, (cut, response.text)
+        assert response.json()["detail"] == [{
+            "loc": ["body"], "type": "multipart",
+            "msg": f"the multipart body ends before its closing delimiter '--{boundary}--': it was cut short"}]
+
+
+# -- 6. no room to spool an upload ---------------------------------------------------------------------
+
+
+def _small_files() -> None:
+    # Files the server writes stop at 1.5 MiB (EFBIG, as a full disk gives ENOSPC): Starlette
+    # spools a multipart part over 1 MiB to TMPDIR. Python ignores SIGXFSZ, so the write fails.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**19, 3 * 2**19))
+
+
+def test_no_room_to_spool_an_upload_is_a_json_507_and_leaves_nothing(tmp_path, data_dir):
+    with live_server(tmp_path, {"data_dir": data_dir, "log_level": "warning"}, preexec_fn=_small_files) as live:
+        body = coco_batch(2)
+        big = image_bytes(1200, 1200)  # 4 MiB of noise PNG: spooled past 1 MiB, cut at 1.5 MiB
+        records = [{k: v for k, v in r.items() if k != "data"} | {"file_name": f"{r['id']}.png"}
+                   for r in body["images"]]
+        records[0] |= {"width": 1200, "height": 1200}
+        files = [("images", ("1.png", big, "image/png")),
+                 ("images", ("2.png", base64.b64decode(body["images"][1]["data"]), "image/png"))]
+        response = httpx.post(f"{live.url}/v1/mix", data={"request": json.dumps(body | {"images": records})},
+                              files=files, timeout=30)
+        assert response.status_code == 507, response.text
+        [item] = response.json()["detail"]
+        assert item["loc"] == ["body"] and item["type"] == "insufficient_storage"
+        assert item["msg"].startswith("the server has no room left to spool the upload (EFBIG: File too large)")
+        wait_until(lambda: not temp_files_open(live))
+        assert list(live.tmpdir.iterdir()) == []
+        wait_until(lambda: in_flight(live.url) == 0)
+        small = httpx.post(f"{live.url}/v1/mix", json=coco_batch(2), timeout=30)  # and still mixes
+        assert small.status_code == 200
+        assert live.stop() == 0
+    assert_clean_log(live)

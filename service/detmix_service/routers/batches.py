@@ -7,6 +7,7 @@ included, in a worker thread (see :mod:`detmix_service.runtime`).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
@@ -15,11 +16,12 @@ import anyio
 from fastapi import APIRouter, Path, Request, Response
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive
 
 from detmix_service.cocoio import Limits, decode_base64
 from detmix_service.datasets import run_dataset_batch
 from detmix_service.deps import Admitted, ApiKeyChecked, RuntimeDep
-from detmix_service.errors import DeadlineExceeded, InvalidInput, NotFound, UnsupportedMediaType
+from detmix_service.errors import DeadlineExceeded, InsufficientStorage, InvalidInput, NotFound, UnsupportedMediaType
 from detmix_service.jobs import Answer, Blob, JobContext, parse_json, parse_model, run_mix
 from detmix_service.runtime import Runtime, Ticket, run_job
 from detmix_service.schemas import DatasetBatchRequest, ErrorResponse, MixRequest, MixResponse
@@ -166,6 +168,35 @@ def _multipart_job(form: FormData, ctx: JobContext) -> Answer:
     return run_mix(request, blobs, ctx, ["body", "request"], ["body", "images"])
 
 
+class _ClosingDelimiter:
+    """Watches a multipart body stream for its closing delimiter ``--boundary--``: a body cut
+    before it parses as a form with parts missing, which would be reported as the client's
+    missing part instead of the cut. Holds only the last few bytes."""
+
+    def __init__(self, receive: Receive, content_type: str) -> None:
+        boundary = content_type.partition("boundary=")[2].split(";")[0].strip().strip('"').encode("latin-1")
+        self._receive = receive
+        self.delimiter = b"--" + boundary + b"--"
+        self.seen = False
+        self._tail = b""
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request" and not self.seen:
+            data = self._tail + message.get("body", b"")
+            self.seen = self.delimiter in data
+            self._tail = data[-len(self.delimiter):]
+        return message
+
+
+def _spool_error(error: OSError) -> InsufficientStorage:
+    return InsufficientStorage(
+        f"the server has no room left to spool the upload ({errno.errorcode.get(error.errno, error.errno)}: "
+        f"{error.strerror}); nothing of it was kept, retry later or send a smaller body",
+        ["body"],
+    )
+
+
 @router.post(
     "/mix",
     summary="Mix a COCO batch sent by the client",
@@ -188,16 +219,23 @@ async def mix(request: Request, runtime: RuntimeDep, ticket: Admitted) -> Respon
     if media_type == "multipart/form-data":
         settings = runtime.settings
         form = None
+        closing = _ClosingDelimiter(request.receive, request.headers.get("content-type", ""))
         try:
             with anyio.move_on_after(deadline - anyio.current_time()):
                 try:
-                    form = await request.form(max_files=settings.max_batch_images, max_fields=16,
-                                              max_part_size=settings.max_body_bytes)
+                    form = await Request(request.scope, closing.receive).form(
+                        max_files=settings.max_batch_images, max_fields=16, max_part_size=settings.max_body_bytes)
                 except StarletteHTTPException as error:  # starlette's "malformed form" 400
                     raise InvalidInput(f"the multipart body cannot be read: {error.detail}", ["body"],
                                        type="multipart") from None
+                except OSError as error:  # spooling a part to TMPDIR failed (ENOSPC, EFBIG, EDQUOT...)
+                    raise _spool_error(error) from None
             if form is None:
                 raise _deadline_passed(runtime)
+            if not closing.seen:
+                raise InvalidInput(
+                    f"the multipart body ends before its closing delimiter {closing.delimiter.decode('latin-1')!r}: it "
+                    "was cut short", ["body"], type="multipart")
             return await _run(runtime, ticket, request, deadline, partial(_multipart_job, form))
         finally:
             if form is not None:

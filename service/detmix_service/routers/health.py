@@ -25,7 +25,9 @@ async def healthz() -> Status:
 async def readyz(runtime: RuntimeDep) -> Response:
     lifecycle = runtime.lifecycle
     if lifecycle.ready:
-        return JSONResponse(Status(status="ready").model_dump())
+        empty = runtime.empty_datasets
+        detail = f"datasets serving no image, not offered: {empty}" if empty else None
+        return JSONResponse(Status(status="ready", detail=detail).model_dump())
     return JSONResponse(
         Status(status=lifecycle.state.value, detail="not taking traffic").model_dump(),
         status_code=503,
