@@ -36,8 +36,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as F
-from detmix._sample import CROWD_KEYS, Crowd, _parse_crowd
-from detmix._sample import clip_edge_drift
+from detmix._sample import CROWD_KEYS, Crowd, _parse_crowd, clip_edge_drift
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
 
