@@ -134,7 +134,7 @@ async ([answer, own, partner]) => {
   for (const canvas of canvases) {
     const id = Number(canvas.dataset.imageId);
     const image = answer.images.find((im) => im.id === id);
-    const row = { id, width: canvas.width, height: canvas.height, boxesAttr: Number(canvas.dataset.boxes),
+    const row = { id, width: canvas.width, height: canvas.height, boxesAttr: Number(canvas.dataset.boxes), crowdAttr: Number(canvas.dataset.crowd),
                   naturalWidth: 0, naturalHeight: 0, sameOutside: 0, outlined: [] };
     out.push(row);
     if (!image) continue;
@@ -236,22 +236,27 @@ def test_playground_draws_the_returned_images_and_boxes(browser, server, dataset
     assert answer["annotations"], "the API returned no annotations to draw"
     assert {p["mix"]["params"]["mode"] for p in answer["images"]} <= {"cutmix", "none"}
 
+    if dataset == "coco-mini":  # this draw holds crowd regions: drawn dashed, captioned "crowd", no weight
+        assert any(a["iscrowd"] for a in answer["annotations"])
     rows = page.evaluate(CHECK_CANVASES, [answer, list(OWN), list(PARTNER)])
     by_id = {row["id"]: row for row in rows}
     assert len(rows) == len(answer["images"]) and set(by_id) == {im["id"] for im in answer["images"]}
     for image in answer["images"]:
         row = by_id[image["id"]]
-        expected = sum(1 for a in answer["annotations"] if a["image_id"] == image["id"])
+        own = [a for a in answer["annotations"] if a["image_id"] == image["id"]]
+        expected = sum(1 for a in own if not a["iscrowd"])  # crowd regions are drawn, not counted as boxes
+        crowd = len(own) - expected
         assert (row["width"], row["height"]) == (image["width"], image["height"]) != (0, 0), row
         assert (row["naturalWidth"], row["naturalHeight"]) == (image["width"], image["height"]), row
         assert row["sameOutside"] > 0.98, f"image {image['id']}: the canvas does not show the returned image ({row})"
-        assert row["boxesAttr"] == expected == len(row["outlined"]), row
+        assert row["boxesAttr"] == expected and row["crowdAttr"] == crowd and len(row["outlined"]) == len(own), row
         missing = [o["id"] for o in row["outlined"] if not o["hit"]]
         assert not missing, f"image {image['id']}: no outline in the box colour for annotations {missing}"
     assert sum(len(r["outlined"]) for r in rows) == len(answer["annotations"])
 
     status = page.inner_text("#status")
-    assert f"Mixed {batch_size} images" in status and f"{len(answer['annotations'])} boxes kept" in status, status
+    objects = sum(1 for a in answer["annotations"] if not a["iscrowd"])
+    assert f"Mixed {batch_size} images" in status and f"{objects} boxes kept" in status, status
     assert not errors, errors
 
     shot = tmp_path / f"playground-{dataset}.png"
