@@ -202,6 +202,7 @@ def _parse_crowd(
         boxes = xp.astype(boxes, xp.float32)
     m = int(boxes.shape[0])
     if check_values and m:
+        boxes = clip_edge_drift(boxes, height, width)
         _check_box_values(xp, boxes, height, width, name, key="crowd_boxes")
     mask = sample.get("crowd_mask")
     if mask is not None:

@@ -128,6 +128,15 @@ def test_crowd_mask_for_one_side_only_is_refused():
     np.testing.assert_array_equal(F.cutmix(a, b, (0, 0, 5, 5))["crowd_mask"][:5, :5], 0)
 
 
+def test_crowd_boxes_drifting_past_the_edge_by_float_rounding_are_clipped():
+    a = crowd_sample(0, [], [[0, 0, 60.0000305, 40]])
+    out = F.cutmix(a, crowd_sample(1, [], []), (0, 0, 0, 0))
+    np.testing.assert_array_equal(out["crowd_boxes"], [[0, 0, 60, 40]])
+    a["crowd_boxes"][0, 2] = 60.5
+    with pytest.raises(ValueError, match=r"a\['crowd_boxes'\]\[0\] must lie inside the 60x40 canvas"):
+        F.cutmix(a, crowd_sample(1, [], []), (0, 0, 0, 0))
+
+
 def test_a_crowd_mask_of_the_wrong_size_names_the_argument():
     a = crowd_sample(0, [], [[0, 0, 10, 10]])
     a["crowd_mask"] = a["crowd_mask"][:-1]
