@@ -28,9 +28,9 @@ from detmix_service.cocoio import UNION_TAGS
 from detmix_service.datasets import load_datasets, served_datasets
 from detmix_service.errors import ClientDisconnected, ErrorItem, ServiceError
 from detmix_service.metrics import Metrics
-from detmix_service.middleware import BodySizeLimit, RequestMetrics
+from detmix_service.middleware import BodySizeLimit, RequestMetrics, ShutdownCutoff
 from detmix_service.routers import batches, catalog, health, playground
-from detmix_service.runtime import Admission, Lifecycle, Runtime
+from detmix_service.runtime import Admission, Lifecycle, Runtime, Uploads
 from detmix_service.schemas import DatasetBatchRequest, MixRequest
 from detmix_service.settings import Settings, load_settings
 
@@ -50,6 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     runtime: Runtime = app.state.runtime
     settings = runtime.settings
     runtime.limiter = anyio.CapacityLimiter(settings.worker_threads)
+    runtime.lifecycle.arm()
     runtime.recipes = load_recipes(settings)
     if not runtime.recipes:
         logger.warning("no named recipes found (set DETMIX_RECIPES_DIR): only inline recipes will work")
@@ -62,6 +63,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         yield {"lifecycle": runtime.lifecycle}
     finally:
         runtime.lifecycle.start_draining()
+        runtime.lifecycle.stopping = None  # bound to this event loop, which ends here
 
 
 def _error_response(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -124,7 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "following the pixels.",
         lifespan=_lifespan,
     )
-    app.state.runtime = Runtime(settings, metrics, Lifecycle(), Admission(settings.max_in_flight, metrics))
+    lifecycle = Lifecycle()
+    app.state.runtime = Runtime(settings, metrics, lifecycle, Admission(settings.max_in_flight, metrics),
+                                Uploads(settings.max_uploads, metrics))
     for router in (health.router, catalog.router, batches.router, playground.router):
         app.include_router(router)
     _install_error_handlers(app, metrics)
@@ -139,5 +143,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(ShutdownCutoff, lifecycle=lifecycle, metrics=metrics, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
 from detmix_service.errors import Unauthorized
-from detmix_service.runtime import Runtime, Ticket
+from detmix_service.runtime import Runtime
 
-__all__ = ["Admitted", "ApiKeyChecked", "RuntimeDep", "require_api_key"]
+__all__ = ["ApiKeyChecked", "RuntimeDep", "require_api_key"]
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -45,15 +44,3 @@ def require_api_key(runtime: RuntimeDep, key: Annotated[str | None, Security(_ap
 
 
 ApiKeyChecked = Depends(require_api_key)
-
-
-async def admit(runtime: RuntimeDep) -> AsyncIterator[Ticket]:
-    """A place among the batches in flight (429 at once when there is none)."""
-    ticket = runtime.admission.enter(runtime.settings.retry_after_s)
-    try:
-        yield ticket
-    finally:
-        ticket.abandon()
-
-
-Admitted = Annotated[Ticket, Depends(admit)]

@@ -24,8 +24,10 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ServiceError",
+    "ShuttingDown",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UploadTooSlow",
 ]
 
 Loc = Sequence[str | int]
@@ -82,6 +84,16 @@ class UnsupportedMediaType(ServiceError):
 
 class Overloaded(ServiceError):
     status, reason, type = 429, "overloaded", "overloaded"
+
+
+class UploadTooSlow(ServiceError):
+    status, reason, type = 408, "upload_too_slow", "upload_too_slow"
+
+
+class ShuttingDown(ServiceError):
+    """The server is stopping and the request was not done within the graceful shutdown."""
+
+    status, reason, type = 503, "shutting_down", "shutting_down"
 
 
 class DeadlineExceeded(ServiceError):

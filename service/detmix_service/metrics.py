@@ -29,6 +29,7 @@ class Metrics:
             "detmix_rejections", "Requests refused, by reason", ["reason"], registry=self.registry
         )
         self.in_flight = Gauge("detmix_batches_in_flight", "Batches admitted and not finished", registry=self.registry)
+        self.uploads = Gauge("detmix_uploads_in_progress", "Batch bodies being received", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,9 +5,11 @@
 Flags override the settings (``DETMIX_HOST``, ``DETMIX_PORT``, ``DETMIX_WORKERS``, the file).
 Shutdown on SIGTERM or SIGINT: ``/readyz`` answers 503 at once, the server keeps serving for
 ``drain_s`` seconds (so a load balancer can notice), then stops accepting connections, lets the
-requests in flight finish (``graceful_timeout_s`` at most) and exits 0. A second signal stops at
-once. With ``--workers`` above 1 uvicorn's process manager runs the workers: each still finishes
-its requests in flight, but readiness turns off only when a worker's app shuts down.
+requests in flight finish (``graceful_timeout_s`` at most: those still running a moment before it
+ends are answered a JSON 503) and exits 0, without waiting for a worker thread still busy with an
+abandoned job. A second signal stops at once. With ``--workers`` above 1 uvicorn's process manager
+runs the workers: each still finishes its requests in flight, but readiness turns off only when a
+worker's app shuts down, and requests past the grace period get uvicorn's own plain 500.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from PIL import Image
@@ -33,6 +38,8 @@ __all__ = ["DrainingServer", "build_parser", "main"]
 logger = logging.getLogger("detmix_service")
 APP_FACTORY = "detmix_service.app:create_app"
 STARTUP_FAILURE = 3
+#: Longest wait, after uvicorn stopped, for worker threads still running abandoned jobs.
+LINGER_S = 0.5
 
 
 class DrainingServer(uvicorn.Server):
@@ -56,11 +63,23 @@ class DrainingServer(uvicorn.Server):
         timer.daemon = True
         timer.start()
 
-    def _mark_draining(self) -> None:
+    def _lifecycle(self) -> Any:
         lifespan = getattr(self, "lifespan", None)
-        lifecycle = getattr(lifespan, "state", {}).get("lifecycle")
+        return getattr(lifespan, "state", {}).get("lifecycle")
+
+    def _mark_draining(self) -> None:
+        lifecycle = self._lifecycle()
         if lifecycle is not None:
             lifecycle.start_draining()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's graceful shutdown; the requests still running are told when it ends (uvicorn
+        waits 0.1 s, then ``timeout_graceful_shutdown``), so that they answer a JSON 503 before
+        uvicorn cancels them."""
+        lifecycle = self._lifecycle()
+        if lifecycle is not None:
+            lifecycle.begin_stopping(0.1 + (self.config.timeout_graceful_shutdown or 0.0))
+        await super().shutdown(sockets)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +131,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:
         if done.code != 0:
             raise
-    return 0 if server.started else STARTUP_FAILURE
+    status = 0 if server.started else STARTUP_FAILURE
+    _exit_if_threads_linger(status, LINGER_S)
+    return status
 
 
 def _exit_after_shutdown(sig: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+def _exit_if_threads_linger(status: int, wait_s: float) -> None:
+    """A worker thread still running a job abandoned at shutdown would keep the process alive
+    until the job's next checkpoint (seconds for one large image): wait ``wait_s`` at most, then
+    exit without it. Its request has been answered (503) already."""
+    deadline = time.monotonic() + wait_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0))
+    lingering = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon
+                 and t.is_alive()]
+    if lingering:
+        logger.warning("exiting with %d worker thread(s) still running abandoned jobs: %s", len(lingering), lingering)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

@@ -87,7 +87,17 @@ class Settings(BaseSettings):
         "the limits on mask pixels, polygon points and JSON values follow from it",
     )
     max_in_flight: Annotated[int, Field(ge=1, le=1024)] = Field(
-        default=4, description="batches admitted at once (queued for a thread or running); more get 429"
+        default=4, description="batches admitted at once, once their body is in (queued for a thread or running); "
+        "more get 429"
+    )
+    max_uploads: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=16, description="batch bodies received at once (before admission); more get 429"
+    )
+    min_upload_bytes_per_s: Annotated[int, Field(ge=0, le=2**30)] = Field(
+        default=16 * 1024, description="a body must keep this pace after upload_grace_s, else 408; 0: no minimum"
+    )
+    upload_grace_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="seconds a body may take before its pace counts"
     )
     worker_threads: Annotated[int, Field(ge=1, le=256)] = Field(
         default_factory=lambda: os.cpu_count() or 1, description="threads doing image work"

@@ -307,6 +307,12 @@ def in_flight(url: str) -> float:
     return float(re.search(r"^detmix_batches_in_flight (\S+)$", text, re.M).group(1))
 
 
+def uploads(url: str) -> float:
+    """Batch bodies the server is receiving (not yet admitted as batches)."""
+    text = httpx.get(f"{url}/metrics").text
+    return float(re.search(r"^detmix_uploads_in_progress (\S+)$", text, re.M).group(1))
+
+
 def wait_until(condition, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

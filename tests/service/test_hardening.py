@@ -11,13 +11,15 @@ import base64
 import json
 import resource
 import shutil
+import signal
+import time
 
 import httpx
 import pytest
 from PIL import Image
 
-from .servicekit import (assert_clean_log, b64, coco_batch, error_locs, error_text, image_bytes, in_flight,
-                         live_server, peak_rss, temp_files_open, wait_until)
+from .servicekit import (RawRequest, assert_clean_log, b64, coco_batch, error_locs, error_text, image_bytes, in_flight,
+                         live_server, peak_rss, temp_files_open, uploads, wait_until)
 
 JSON = {"content-type": "application/json"}
 
@@ -275,3 +277,88 @@ def test_no_room_to_spool_an_upload_is_a_json_507_and_leaves_nothing(tmp_path, d
         assert small.status_code == 200
         assert live.stop() == 0
     assert_clean_log(live)
+
+
+# -- 4. slow uploads ------------------------------------------------------------------------------------
+
+
+def test_a_body_slower_than_the_minimum_pace_gets_a_json_408(tmp_path, data_dir):
+    settings = {"data_dir": data_dir, "upload_grace_s": 1.0, "min_upload_bytes_per_s": 4096, "max_in_flight": 1}
+    with live_server(tmp_path, settings) as live:
+        body = json.dumps(coco_batch(2)).encode()
+        slow = [RawRequest(live.url, "POST", "/v1/mix", body) for _ in range(4)]
+        start = time.monotonic()
+        sent = 0
+        # 1 KiB a second each (a quarter of the pace): due at 1 s + received / 4096 B/s, ~1.3 s in.
+        while time.monotonic() - start < 5 and sent < len(body):
+            sent += 1024
+            for request in slow:
+                try:
+                    request.send(sent)
+                except OSError:  # answered and closed
+                    pass
+            time.sleep(1)
+        # Meanwhile a fast batch is admitted: the only batch place was never taken by the slow ones.
+        assert httpx.post(f"{live.url}/v1/mix", content=body, headers=JSON, timeout=30).status_code == 200
+        for request in slow:
+            status, headers, answer = request.response()
+            assert status == 408 and headers["connection"] == "close", answer
+            [item] = json.loads(answer)["detail"]
+            assert item["loc"] == ["body"] and item["type"] == "upload_too_slow"
+            assert "slower than the 4096 bytes/s this server waits for after the first 1 s" in item["msg"]
+        assert time.monotonic() - start < 8
+        wait_until(lambda: uploads(live.url) == 0 and in_flight(live.url) == 0)
+        assert live.stop() == 0
+    assert_clean_log(live)
+
+
+def test_uploads_beyond_max_uploads_are_refused_at_once(tmp_path, data_dir):
+    with live_server(tmp_path, {"data_dir": data_dir, "max_uploads": 2, "retry_after_s": 3}) as live:
+        body = json.dumps(coco_batch(2)).encode()
+        holders = [RawRequest(live.url, "POST", "/v1/mix", body) for _ in range(2)]
+        for holder in holders:
+            holder.send(100)
+        wait_until(lambda: uploads(live.url) == 2)
+        refused = httpx.post(f"{live.url}/v1/mix", content=body, headers=JSON, timeout=10)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+        assert refused.json()["detail"][0]["msg"] == "2 uploads are in progress, the most this server takes; retry in 3 s"
+        for holder in holders:
+            holder.send()
+            assert holder.response()[0] == 200
+        assert live.stop() == 0
+    assert_clean_log(live)
+
+
+# -- 5. SIGTERM with work past the grace period ----------------------------------------------------------
+
+
+def test_requests_cut_off_at_shutdown_get_a_json_503_and_the_process_exits_in_time(tmp_path, data_dir):
+    grace = 3.0
+    settings = {"data_dir": data_dir, "graceful_timeout_s": grace, "worker_threads": 1, "max_in_flight": 4}
+    side = 4096
+    png = image_bytes(side, side, value=70)
+    body = json.dumps({"images": [{"id": i, "width": side, "height": side, "data": b64(png)} for i in (1, 2)],
+                       "categories": [{"id": 1, "name": "thing"}], "recipe": "mixup", "seed": 0,
+                       "output": {"format": "png"}}).encode()
+    with live_server(tmp_path, settings) as live:
+        requests = [RawRequest(live.url, "POST", "/v1/mix", body) for _ in range(4)]  # ~2 s of work each, one at a time
+        for request in requests:
+            request.sock.settimeout(grace + 10)
+            request.send()
+        wait_until(lambda: in_flight(live.url) == 4)
+        signalled = time.monotonic()
+        live.process.send_signal(signal.SIGTERM)
+        answers = [request.response() for request in requests]
+        status = live.process.wait(grace + 10)
+        exited = time.monotonic() - signalled
+    statuses = [answer[0] for answer in answers]
+    assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+    for code, headers, answer in answers:
+        if code == 503:
+            assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+            [item] = json.loads(answer)["detail"]
+            assert item["type"] == "shutting_down" and "not done within its graceful shutdown" in item["msg"]
+    assert status == 0
+    assert exited < grace + 1.5, exited  # was 20.6 s: the process waited for the abandoned worker thread
+    log = live.output()
+    assert "CancelledError" not in log and "Traceback" not in log and "Exception in ASGI application" not in log

@@ -27,7 +27,7 @@ import yaml
 
 from detmix.client import AsyncDetmixClient, DetmixClient
 from .servicekit import (RawRequest, assert_clean_log, check_against_core, coco_batch, free_port, in_flight, live_server,
-                         temp_files_open, wait_ready, wait_until)
+                         temp_files_open, uploads, wait_ready, wait_until)
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 4 * 2**20  # max_body_bytes of the strict server: above 1 MiB, so an upload can spool to disk
@@ -265,7 +265,8 @@ def _stall_and_expect_504(server, request: RawRequest, upto: int, spooled: bool 
     request.sock.settimeout(TIMEOUT_S + 10)
     start = time.monotonic()
     request.send(upto)  # the head and part of the body, then nothing
-    wait_until(lambda: in_flight(server.url) == 1)
+    wait_until(lambda: uploads(server.url) == 1)
+    assert in_flight(server.url) == 0  # a batch is admitted once its body is in
     if spooled:
         wait_until(lambda: temp_files_open(server), timeout=TIMEOUT_S)  # the upload went into a temporary file
     status, _, answer = request.response()
@@ -276,7 +277,7 @@ def _stall_and_expect_504(server, request: RawRequest, upto: int, spooled: bool 
         "msg": f"the body did not arrive within the deadline of {TIMEOUT_S:g} s"}]}
     assert TIMEOUT_S - 0.1 <= elapsed < TIMEOUT_S + 5, elapsed  # at the deadline, not before; the socket waits 10 s more
     assert _rejections(server.url, "deadline_exceeded") == before + 1
-    wait_until(lambda: in_flight(server.url) == 0)
+    wait_until(lambda: uploads(server.url) == 0)
     assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 

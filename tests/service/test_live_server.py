@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 
 from detmix.client import AsyncDetmixClient, DetmixClient, ServiceBatches, ServiceError, batch_seed
-from .servicekit import RawRequest, assert_clean_log, coco_batch, in_flight, live_server, temp_files_open, wait_until
+from .servicekit import (RawRequest, assert_clean_log, b64, coco_batch, image_bytes, in_flight, live_server,
+                         temp_files_open, uploads, wait_until)
 
 HEAVY = json.dumps({"batch_size": 32, "seed": 1, "output": {"format": "png"}}).encode()
+HUGE = json.dumps({"images": [{"id": i, "width": 4096, "height": 4096, "data": b64(image_bytes(4096, 4096, value=60))}
+                              for i in (1, 2)],
+                   "categories": [{"id": 1, "name": "thing"}], "recipe": "mixup", "seed": 0,
+                   "output": {"format": "png"}}).encode()
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +36,10 @@ def server(tmp_path_factory, data_dir):
 
 def test_overload_is_refused_at_once_and_health_stays_fast(server):
     body = json.dumps(coco_batch(2)).encode()
-    holders = [RawRequest(server.url, "POST", "/v1/mix", body) for _ in range(2)]
-    for holder in holders:  # two batches in flight, their bodies half sent
-        holder.send(len(body) // 2)
+    # Two batches in flight: one mixing 2 x 4096^2 pixels in the only worker thread, one queued for it.
+    holders = [RawRequest(server.url, "POST", "/v1/mix", HUGE) for _ in range(2)]
+    for holder in holders:
+        holder.send()
     wait_until(lambda: in_flight(server.url) == 2)
     start = time.monotonic()
     refused = httpx.post(f"{server.url}/v1/mix", content=body, headers={"content-type": "application/json"})
@@ -42,10 +48,26 @@ def test_overload_is_refused_at_once_and_health_stays_fast(server):
     assert "2 batches are in flight" in refused.json()["detail"][0]["msg"]
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     for holder in holders:
-        holder.send()
         status, _, answer = holder.response()
         assert status == 200 and len(json.loads(answer)["images"]) == 2
     wait_until(lambda: in_flight(server.url) == 0)
+
+
+def test_slow_uploads_hold_no_batch_place(server):
+    # Issue 13.4: four bodies trickling in held the four batch places for the whole deadline.
+    body = json.dumps(coco_batch(2)).encode()
+    slow = [RawRequest(server.url, "POST", "/v1/mix", body) for _ in range(4)]
+    for request in slow:
+        request.send(len(body) // 3)
+    wait_until(lambda: uploads(server.url) == 4)
+    assert in_flight(server.url) == 0
+    fast = httpx.post(f"{server.url}/v1/mix", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert fast.status_code == 200
+    for request in slow:
+        request.send()
+        status, _, answer = request.response()
+        assert status == 200 and len(json.loads(answer)["images"]) == 2
+    wait_until(lambda: uploads(server.url) == 0 and in_flight(server.url) == 0)
 
 
 def test_a_burst_gets_200_or_429_and_health_answers_meanwhile(server):
@@ -99,10 +121,11 @@ def test_a_client_that_hangs_up_mid_upload_leaves_no_temp_files(server):
             f"Content-Type: image/png\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
     request = RawRequest(server.url, "POST", "/v1/mix", body, f"multipart/form-data; boundary={boundary}")
     request.send(2 * 2**20)
-    wait_until(lambda: in_flight(server.url) == 1)
+    wait_until(lambda: uploads(server.url) == 1)
     wait_until(lambda: temp_files_open(server))  # the upload went past memory into a temporary file
     request.close()
-    wait_until(lambda: in_flight(server.url) == 0)
+    wait_until(lambda: uploads(server.url) == 0)
+    assert in_flight(server.url) == 0
     wait_until(lambda: not temp_files_open(server))
     assert list(server.tmpdir.iterdir()) == []
 
@@ -187,7 +210,7 @@ def test_graceful_shutdown(tmp_path, data_dir):
         body = json.dumps(coco_batch(3)).encode()
         in_progress = RawRequest(server.url, "POST", "/v1/mix", body)
         in_progress.send(len(body) // 2)
-        wait_until(lambda: in_flight(server.url) == 1)
+        wait_until(lambda: uploads(server.url) == 1)
         server.process.send_signal(signal.SIGTERM)
         wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, timeout=1.0)
         assert httpx.get(f"{server.url}/readyz").json()["status"] == "draining"

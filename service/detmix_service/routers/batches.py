@@ -1,8 +1,10 @@
 """Mixed batches: ``POST /v1/mix`` (the client's images) and ``POST /v1/datasets/{name}/batch``.
 
-Both admit the request first (429 at once when ``max_in_flight`` batches are in flight), then
-read the body under the request's deadline, then do all image work, parsing and JSON encoding
-included, in a worker thread (see :mod:`detmix_service.runtime`).
+Both read the body first, under the request's deadline and a minimum pace, holding one of
+``max_uploads`` upload places (429 at once when none is free); then admit the batch (429 at once
+when ``max_in_flight`` batches are in flight) and do all image work, parsing and JSON encoding
+included, in a worker thread (see :mod:`detmix_service.runtime`). Slow senders thus never hold a
+batch's place.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from starlette.types import Message, Receive
 
 from detmix_service.cocoio import Limits, decode_base64
 from detmix_service.datasets import run_dataset_batch
-from detmix_service.deps import Admitted, ApiKeyChecked, RuntimeDep
+from detmix_service.deps import ApiKeyChecked, RuntimeDep
 from detmix_service.errors import DeadlineExceeded, InsufficientStorage, InvalidInput, NotFound, UnsupportedMediaType
 from detmix_service.jobs import Answer, Blob, JobContext, parse_json, parse_model, run_mix
-from detmix_service.runtime import Runtime, Ticket, run_job
+from detmix_service.runtime import Runtime, UploadPace, run_job
 from detmix_service.schemas import DatasetBatchRequest, ErrorResponse, MixRequest, MixResponse
 
 __all__ = ["limits_of", "router"]
@@ -35,9 +37,12 @@ def _error(description: str) -> dict[str, Any]:
 
 BATCH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("API key missing or wrong"),
+    408: _error("the body came slower than min_upload_bytes_per_s"),
     413: _error("body over max_body_bytes"),
     422: _error("invalid input; 'loc' names the field, the message the image or annotation"),
-    429: _error("max_in_flight batches are in flight; retry after Retry-After seconds"),
+    429: _error("max_uploads bodies are being received or max_in_flight batches are in flight; retry after "
+                "Retry-After seconds"),
+    503: _error("the server is shutting down and the request was not done within its graceful shutdown"),
     504: _error("not done within request_timeout_s"),
 }
 
@@ -86,12 +91,19 @@ def _answer(runtime: Runtime, answer: Answer) -> Response:
     return Response(answer.body, media_type="application/json")
 
 
-async def _run(runtime: Runtime, ticket: Ticket, request: Request, deadline: float,
-               job: Callable[[JobContext], Answer]) -> Response:
+async def _run(runtime: Runtime, request: Request, deadline: float, job: Callable[[JobContext], Answer]) -> Response:
+    """Admit the batch (its body is in) and run ``job`` in a worker thread by ``deadline``."""
+
     def with_context(checkpoint: Callable[[], None]) -> Answer:
         return job(JobContext(limits_of(runtime), runtime.recipes, checkpoint))
 
-    return _answer(runtime, await run_job(runtime, ticket, with_context, request, deadline))
+    with runtime.admission.admitted(runtime.settings.retry_after_s) as ticket:
+        return _answer(runtime, await run_job(runtime, ticket, with_context, request, deadline))
+
+
+def _paced(request: Request, runtime: Runtime) -> UploadPace:
+    settings = runtime.settings
+    return UploadPace(request.receive, settings.min_upload_bytes_per_s, settings.upload_grace_s)
 
 
 def _deadline_passed(runtime: Runtime) -> DeadlineExceeded:
@@ -115,8 +127,9 @@ async def _json_body(request: Request, runtime: Runtime, deadline: float) -> byt
     if media_type != "application/json":
         raise _unsupported(media_type, "application/json")
     body = None
-    with anyio.move_on_after(deadline - anyio.current_time()):
-        body = await request.body()
+    with runtime.uploads.receiving(runtime.settings.retry_after_s):
+        with anyio.move_on_after(deadline - anyio.current_time()):
+            body = await Request(request.scope, _paced(request, runtime).receive).body()
     if body is None:
         raise _deadline_passed(runtime)
     return body
@@ -210,18 +223,18 @@ def _spool_error(error: OSError) -> InsufficientStorage:
                415: _error("not JSON or multipart, or an image that is not JPEG, PNG or WebP")},
     openapi_extra={"requestBody": MIX_BODY},
 )
-async def mix(request: Request, runtime: RuntimeDep, ticket: Admitted) -> Response:
+async def mix(request: Request, runtime: RuntimeDep) -> Response:
     deadline = anyio.current_time() + runtime.settings.request_timeout_s
     media_type = _media_type(request)
     if media_type == "application/json":
         body = await _json_body(request, runtime, deadline)
-        return await _run(runtime, ticket, request, deadline, partial(_json_job, body))
+        return await _run(runtime, request, deadline, partial(_json_job, body))
     if media_type == "multipart/form-data":
         settings = runtime.settings
         form = None
-        closing = _ClosingDelimiter(request.receive, request.headers.get("content-type", ""))
+        closing = _ClosingDelimiter(_paced(request, runtime).receive, request.headers.get("content-type", ""))
         try:
-            with anyio.move_on_after(deadline - anyio.current_time()):
+            with runtime.uploads.receiving(settings.retry_after_s), anyio.move_on_after(deadline - anyio.current_time()):
                 try:
                     form = await Request(request.scope, closing.receive).form(
                         max_files=settings.max_batch_images, max_fields=16, max_part_size=settings.max_body_bytes)
@@ -236,7 +249,7 @@ async def mix(request: Request, runtime: RuntimeDep, ticket: Admitted) -> Respon
                 raise InvalidInput(
                     f"the multipart body ends before its closing delimiter {closing.delimiter.decode('latin-1')!r}: it "
                     "was cut short", ["body"], type="multipart")
-            return await _run(runtime, ticket, request, deadline, partial(_multipart_job, form))
+            return await _run(runtime, request, deadline, partial(_multipart_job, form))
         finally:
             if form is not None:
                 await form.close()  # the spooled files go now, whatever happened
@@ -259,7 +272,6 @@ async def dataset_batch(
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="a name from GET /v1/datasets")],
     request: Request,
     runtime: RuntimeDep,
-    ticket: Admitted,
 ) -> Response:
     dataset = runtime.datasets.get(name)
     if dataset is None:
@@ -271,4 +283,4 @@ async def dataset_batch(
         options = parse_model(DatasetBatchRequest, parse_json(body, ["body"], ctx.limits.memory_budget), ["body"])
         return run_dataset_batch(dataset, options, ctx)
 
-    return await _run(runtime, ticket, request, deadline, job)
+    return await _run(runtime, request, deadline, job)
