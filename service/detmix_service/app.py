@@ -28,8 +28,8 @@ from detmix_service.cocoio import UNION_TAGS
 from detmix_service.datasets import load_datasets, served_datasets
 from detmix_service.errors import ClientDisconnected, ErrorItem, ServiceError
 from detmix_service.metrics import Metrics
-from detmix_service.middleware import BodySizeLimit, RequestMetrics, ShutdownCutoff
-from detmix_service.routers import batches, catalog, health, playground
+from detmix_service.middleware import BodySizeLimit, RequestMetrics, SecurityHeaders, ShutdownCutoff
+from detmix_service.routers import batches, catalog, docs, health, playground
 from detmix_service.runtime import Admission, Lifecycle, Runtime, Uploads
 from detmix_service.schemas import DatasetBatchRequest, MixRequest
 from detmix_service.settings import Settings, load_settings
@@ -125,12 +125,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="COCO batches mixed on demand: CutMix and MixUp with boxes, masks and per-box weights "
         "following the pixels.",
         lifespan=_lifespan,
+        # /docs is the docs router's (its assets served here, no CDN; no /redoc); both only with api_docs.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     lifecycle = Lifecycle()
     app.state.runtime = Runtime(settings, metrics, lifecycle, Admission(settings.max_in_flight, metrics),
                                 Uploads(settings.max_uploads, metrics))
     for router in (health.router, catalog.router, batches.router, playground.router):
         app.include_router(router)
+    if settings.api_docs:
+        app.include_router(docs.router)
     _install_error_handlers(app, metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
@@ -144,5 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.add_middleware(ShutdownCutoff, lifecycle=lifecycle, metrics=metrics, retry_after_s=settings.retry_after_s)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

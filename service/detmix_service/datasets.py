@@ -157,11 +157,13 @@ def load_dataset(name: str, annotations: Path, images: Path, *, masks: bool, lim
 def served_datasets(datasets: dict[str, Dataset], settings: Settings) -> tuple[dict[str, Dataset], list[str]]:
     """The datasets that serve at least one image, and the names of those that serve none. A
     configured dataset serving no image stops the start (:class:`DatasetError`, naming why)
-    unless ``settings.allow_empty_datasets``; an empty one is never offered."""
+    unless ``settings.allow_empty_datasets``; an empty one is never offered (the embedded one
+    neither, when limits leave all its images out)."""
     empty = [name for name, dataset in datasets.items() if not dataset.images]
-    if empty and not settings.allow_empty_datasets:
+    configured = [name for name in empty if name in settings.datasets]
+    if configured and not settings.allow_empty_datasets:
         reasons = []
-        for name in empty:
+        for name in configured:
             config = settings.datasets.get(name)
             dataset = datasets[name]
             if config is not None and not config.images.is_dir():
@@ -171,7 +173,7 @@ def served_datasets(datasets: dict[str, Dataset], settings: Settings) -> tuple[d
             reasons.append(f"dataset {name!r} serves no image: {why}")
         raise DatasetError("; ".join(reasons) + "; fix its configuration or set allow_empty_datasets to start anyway")
     for name in empty:
-        logger.warning("dataset %s serves no image: not offered (allow_empty_datasets is set)", name)
+        logger.warning("dataset %s serves no image: not offered", name)
     return {name: dataset for name, dataset in datasets.items() if dataset.images}, empty
 
 

@@ -25,7 +25,7 @@ from detmix_service.errors import PayloadTooLarge, ServiceError, ShuttingDown
 from detmix_service.metrics import Metrics
 from detmix_service.runtime import Lifecycle
 
-__all__ = ["BodySizeLimit", "RequestMetrics", "ShutdownCutoff"]
+__all__ = ["PLAYGROUND_CSP", "BodySizeLimit", "RequestMetrics", "SecurityHeaders", "ShutdownCutoff", "security_headers"]
 
 
 def _error_body(error: ServiceError) -> bytes:
@@ -146,6 +146,45 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+#: The playground's policy: its own script, style and API, images from data: URLs (the answer's
+#: images), nothing else; never framed.
+PLAYGROUND_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def security_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The headers added to an answer to ``path``: ``nosniff`` everywhere; on the playground its
+    Content-Security-Policy, ``X-Frame-Options: DENY`` and no referrer; the API pages are not
+    framed either."""
+    headers = [(b"x-content-type-options", b"nosniff")]
+    if path == "/":
+        headers += [(b"content-security-policy", PLAYGROUND_CSP.encode()), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+    elif path == "/docs":
+        headers += [(b"content-security-policy", b"frame-ancestors 'none'"), (b"x-frame-options", b"DENY")]
+    return headers
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = security_headers(scope.get("path", ""))
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class RequestMetrics:

@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers or settings.workers,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
+        server_header=settings.server_header,
         lifespan="on",
     )
     if config.workers > 1:

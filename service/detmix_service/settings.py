@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         default_factory=list, description="accepted X-API-Key values; empty: no key needed"
     )
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
+    api_docs: bool = Field(
+        default=True, description="serve /docs, /redoc and /openapi.json (with their assets, no CDN); off: 404"
+    )
+    server_header: bool = Field(default=False, description="send uvicorn's 'server: uvicorn' header")
 
     # Limits.
     max_body_bytes: Annotated[int, Field(ge=1024, le=2**31)] = 64 * 2**20

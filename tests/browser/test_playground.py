@@ -225,9 +225,9 @@ def test_playground_draws_the_returned_images_and_boxes(browser, server, dataset
     page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
     page.on("console", lambda message: errors.append(f"console: {message.text}")
             if message.type == "error" and not message.text.startswith("Failed to load resource") else None)
-    # Failed loads by URL (the console message does not name it); the browser's own favicon probe aside.
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    # Failed loads by URL (the console message does not name it): none, the favicon probe included
+    # (the page names its icon, so the browser does not ask for /favicon.ico and log a 404).
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     batch_size = 6
     answer = _mix_in_page(page, server, dataset, "cutmix", batch_size=batch_size, seed=3)
 
@@ -266,3 +266,57 @@ def test_playground_draws_the_returned_images_and_boxes(browser, server, dataset
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
     page.close()
+
+
+def _offline_page(browser: Any, errors: list[str]) -> Any:
+    """A page that may load from 127.0.0.1 only: any other request is aborted and recorded; page
+    errors, console errors (CSP violations among them) and failed loads are recorded too."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    page.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    def only_loopback(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1:", "data:")):
+            route.continue_()
+        else:
+            errors.append(f"blocked: {url}")
+            route.abort()
+
+    page.route("**/*", only_loopback)
+    return page
+
+
+def test_playground_clears_the_previous_images_after_a_failed_request(browser, server):
+    errors: list[str] = []
+    page = _offline_page(browser, errors)
+    _mix_in_page(page, server, "synthetic", "cutmix", batch_size=3, seed=1)
+    assert page.locator("#results canvas").count() == 3
+    # The next batch fails as an overloaded server answers it.
+    failure = {"detail": [{"loc": [], "msg": "4 batches are in flight", "type": "overloaded"}]}
+    page.route("**/v1/datasets/synthetic/batch", lambda route: route.fulfill(
+        status=429, content_type="application/json", body=json.dumps(failure)))
+    page.fill("#seed", "2")
+    page.click("#mix")
+    page.wait_for_selector("#status[data-state=error]", timeout=15_000)
+    assert page.inner_text("#status") == "Mixing failed: 429: 4 batches are in flight"
+    assert page.locator("#results canvas").count() == 0  # no image of the previous batch beside the failure
+    assert errors == [f"429 {server}/v1/datasets/synthetic/batch",
+                      "console: Failed to load resource: the server responded with a status of 429 (Too Many Requests)"]
+    page.close()
+
+
+def test_the_api_page_renders_with_no_network_beyond_loopback(browser, server):
+    # Swagger UI's script and style come from the service (they came from a CDN: a blank page offline).
+    errors: list[str] = []
+    page = _offline_page(browser, errors)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".swagger-ui .information-container .title", timeout=30_000)
+    assert "detmix" in page.inner_text(".swagger-ui .information-container .title")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map((n) => n.textContent)")
+    assert {"/v1/mix", "/v1/datasets/{name}/batch", "/healthz"} <= {p.replace("\u200b", "") for p in paths}, paths
+    assert not errors, errors
+    page.close()
+

@@ -161,8 +161,14 @@ def test_playground_page(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for element in ('id="dataset"', 'id="recipe"', 'id="seed"', 'id="batch-size"', 'id="api-key"', 'id="mix"',
-                    'id="status"', 'id="results"', "/v1/datasets/"):
+                    'id="status"', 'id="results"', 'src="/static/playground.js"', 'href="/static/playground.css"'):
         assert element in page.text
+    script = client.get("/static/playground.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "/v1/datasets/" in script.text
+    assert client.get("/static/playground.css").headers["content-type"].startswith("text/css")
+    missing = client.get("/static/other.js")
+    assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["path", "name"]
 
 
 def test_settings_file_with_environment_override(tmp_path, monkeypatch):

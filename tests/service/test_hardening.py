@@ -18,6 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from detmix_service.middleware import PLAYGROUND_CSP
+
 from .servicekit import (RawRequest, assert_clean_log, b64, coco_batch, error_locs, error_text, image_bytes, in_flight,
                          live_server, peak_rss, temp_files_open, uploads, wait_until)
 
@@ -362,3 +364,37 @@ def test_requests_cut_off_at_shutdown_get_a_json_503_and_the_process_exits_in_ti
     assert exited < grace + 1.5, exited  # was 20.6 s: the process waited for the abandoned worker thread
     log = live.output()
     assert "CancelledError" not in log and "Traceback" not in log and "Exception in ASGI application" not in log
+
+
+# -- the missing protections: headers, the API pages ----------------------------------------------------
+
+
+def test_security_headers_and_no_server_banner(server):
+    page = httpx.get(f"{server.url}/")
+    assert page.headers["content-security-policy"] == PLAYGROUND_CSP
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    for answer in (httpx.get(f"{server.url}/healthz"), httpx.get(f"{server.url}/static/playground.js"),
+                   post(server, b"{"), httpx.get(f"{server.url}/v1/nothing")):
+        assert answer.headers["x-content-type-options"] == "nosniff", answer.url
+        assert "server" not in answer.headers, answer.headers  # no "server: uvicorn" unless asked
+        assert "content-security-policy" not in answer.headers
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200 and docs.headers["x-frame-options"] == "DENY"
+    assert "cdn" not in docs.text and "/docs/assets/swagger-ui-bundle.js" in docs.text
+    bundle = httpx.get(f"{server.url}/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    assert len(bundle.content) > 500_000 and b"SwaggerUIBundle" in bundle.content
+    assert httpx.get(f"{server.url}/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+    assert httpx.get(f"{server.url}/redoc").status_code == 404  # ReDoc's bundle needs a CDN: not served
+
+
+def test_the_api_pages_can_be_turned_off(tmp_path, data_dir):
+    with live_server(tmp_path, {"data_dir": data_dir, "api_docs": False, "server_header": True}) as live:
+        for path in ("/docs", "/openapi.json", "/docs/assets/swagger-ui-bundle.js", "/redoc"):
+            answer = httpx.get(live.url + path)
+            assert answer.status_code == 404 and answer.json() == {
+                "detail": [{"loc": [], "msg": "Not Found", "type": "http"}]}, path
+        healthz = httpx.get(f"{live.url}/healthz")
+        assert healthz.status_code == 200 and healthz.headers["server"] == "uvicorn"  # asked for
+        assert live.stop() == 0
