@@ -31,6 +31,7 @@ from typing import Any
 import uvicorn
 from PIL import Image
 
+from detmix_service.protocol import HeaderTimeoutProtocol
 from detmix_service.settings import load_settings
 
 __all__ = ["DrainingServer", "build_parser", "main"]
@@ -112,8 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
         server_header=settings.server_header,
+        http=HeaderTimeoutProtocol,
         lifespan="on",
     )
+    config.header_timeout_s = settings.header_timeout_s  # read by HeaderTimeoutProtocol, in every worker
     if config.workers > 1:
         from uvicorn.supervisors import Multiprocess
 

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     graceful_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    header_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="a request's head must arrive within this, else 408 and the connection closes"
+    )
     drain_s: Annotated[float, Field(ge=0, le=600)] = Field(
         default=0.0, description="after SIGTERM, answer /readyz 503 this long while still serving, then stop"
     )

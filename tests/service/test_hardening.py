@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import resource
+import select
 import shutil
 import signal
+import socket
 import time
 
 import httpx
@@ -398,3 +400,49 @@ def test_the_api_pages_can_be_turned_off(tmp_path, data_dir):
         healthz = httpx.get(f"{live.url}/healthz")
         assert healthz.status_code == 200 and healthz.headers["server"] == "uvicorn"  # asked for
         assert live.stop() == 0
+
+
+# -- slow headers (slowloris) --------------------------------------------------------------------------
+
+
+def test_slow_headers_are_cut_at_the_header_timeout(tmp_path, data_dir):
+    timeout_s, count = 1.0, 200
+    with live_server(tmp_path, {"data_dir": data_dir, "header_timeout_s": timeout_s}) as live:
+        port = int(live.url.rsplit(":", 1)[1])
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(count)]
+        for sock in socks:
+            sock.sendall(b"POST /v1/mix HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        start, answers, open_ = time.monotonic(), {}, set(range(count))
+        # A header line every 0.3 s from every connection; the server closes each at the timeout.
+        while open_ and time.monotonic() - start < timeout_s + 5:
+            for k in list(open_):
+                try:
+                    socks[k].sendall(b"X-Slow: 1\r\n")
+                except OSError:  # closed by the server
+                    pass
+            readable, _, _ = select.select([socks[k] for k in open_], [], [], 0.3)
+            for sock in readable:
+                k = socks.index(sock)
+                data = b""
+                try:
+                    while chunk := sock.recv(65536):
+                        data += chunk
+                except ConnectionResetError:
+                    pass
+                answers[k] = data
+                open_.discard(k)
+        held = time.monotonic() - start
+        assert not open_, f"{len(open_)} of {count} slow connections still open after {held:.1f} s"
+        assert held < timeout_s + 3, held
+        head, _, body = answers[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and json.loads(body)["detail"][0]["type"] == "header_timeout"
+        assert sum(a.startswith(b"HTTP/1.1 408 ") for a in answers.values()) >= count * 0.9
+        for sock in socks:
+            sock.close()
+        # A client that sends its head in time is served as before, on a connection kept alive.
+        with httpx.Client(base_url=live.url, timeout=10) as client:
+            assert client.get("/healthz").status_code == 200
+            time.sleep(timeout_s + 0.5)  # idle between requests is the keep-alive timeout's business
+            assert client.post("/v1/mix", json=coco_batch(2)).status_code == 200
+        assert live.stop() == 0
+    assert_clean_log(live)
