@@ -136,6 +136,12 @@ CASES = {
     "images: 2 x 4096^2 mixup (jpeg)": ("/v1/mix", lambda: dumps(batch(2, 4096, recipe="mixup", fmt="jpeg"))),
     "images: 2 x 2896^2 mixup (png)": ("/v1/mix", lambda: dumps(batch(2, 2896, recipe="mixup"))),
     "images: 32 x 640^2, 10 masks each (deit)": ("/v1/mix", lambda: dumps(batch(32, 640, anns=10, segmentation=square))),
+    # The largest of each kind that the default budget (1 GiB) lets through.
+    "edge: masks, 2 x 2048^2, 48 masks": ("/v1/mix", lambda: dumps(batch(2, 2048, anns=24, segmentation=square))),
+    "edge: masks, 2 x 2048^2, 60 masks (refused)": ("/v1/mix", lambda: dumps(batch(2, 2048, anns=30, segmentation=square))),
+    "edge: polygons, 2 x 1024^2, 30 x 100,000 points": ("/v1/mix", lambda: dumps(
+        batch(2, 1024, anns=15, segmentation=long_polygon(100_000)))),
+    "edge: boxes, 32 x 64^2 x 1,000": ("/v1/mix", lambda: dumps(batch(32, 64, anns=1000, recipe="cutmix"))),
     "dataset: synthetic, 32 images": ("/v1/datasets/synthetic/batch", lambda: dumps({"batch_size": 32, "seed": 0})),
 }
 

@@ -44,7 +44,7 @@ class Prices:
     body_byte: int = 4
     image_pixel: int = 3
     canvas_pixel: int = 48
-    mask_pixel: int = 3
+    mask_pixel: int = 4
     polygon_coordinate: int = 80
     rle_character: int = 128
     annotation: int = 4096

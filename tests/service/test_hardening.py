@@ -129,7 +129,7 @@ def test_masks_over_the_budget_are_refused_before_decoding(server):
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["type"] == "memory_budget"
     assert error_locs(response) == [["body", "annotations"]]
-    assert "the batch would take about" in error_text(response) and "masks 1536.0 MiB" in error_text(response)
+    assert "the batch would take about" in error_text(response) and "masks 2048.0 MiB" in error_text(response)
     assert cost["peak_mib"] < 64, cost
 
 
