@@ -69,11 +69,11 @@ if "get_params_dependent_on_data" in getattr(BasicTransform, "_removed_sampling_
         "get_params_dependent_on_data. Install albumentations==2.0.8 (see docs/albumentations.md)"
     )
 
-from detmix.align import align_canvas, canvas_size
+
 from detmix.functional import masks_to_boxes
-from detmix.mix import mix_pair
+from detmix.mix import draw_params, mix_pair
 from detmix.recipes import Alpha, CutMixConfig, MinArea, MinSize, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
-from detmix.sampling import MixParams, sample_params
+from detmix.sampling import MixParams
 
 __all__ = [
     "METADATA_KEY",
@@ -82,6 +82,7 @@ __all__ = [
     "BoxMixUp",
     "MixBboxProcessor",
     "OneOfMix",
+    "RecipeMix",
     "from_recipe",
     "preview_grid",
 ]
@@ -214,6 +215,17 @@ class _MixUpSchema(_MixSchema):
         return self
 
 
+class _RecipeMixSchema(_MixSchema):
+    model_config = ConfigDict(title="RecipeMix")
+
+    recipe: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _as_recipe(self) -> _RecipeMixSchema:
+        load_recipe(self.recipe)  # refused with the recipe's own message, naming the field
+        return self
+
+
 def _config_fields(schema: Any, config: type) -> dict[str, Any]:
     return {name: getattr(schema, name) for name in config.model_fields}
 
@@ -275,8 +287,8 @@ class _BoxMix(DualTransform):
         index = int(self.random_generator.integers(len(items))) if len(items) > 1 else 0
         item = self._partner_item(items[index], index)
         partner = self._prepare_partner(item, index, data)
-        canvas = align_canvas(data["image"].shape[:2], canvas_size(partner, "partner"), self.align)
-        mix = sample_params(self.random_generator, self.recipe, *canvas)
+        primary = {"image": data["image"], "boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}
+        mix = draw_params(self.random_generator, self.recipe, primary, {k: v for k, v in partner.items() if k != "columns"})
         return {"mix": mix.to_dict(), "partner_index": index, "partner_item": item, "partner": partner}
 
     def apply_with_params(self, params: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -717,16 +729,66 @@ class OneOfMix(_BoxMix):
                       "switch_prob": recipe.switch_prob, "align": recipe.align, "p": recipe.prob, **overrides})
 
 
-def from_recipe(recipe: str | Recipe | dict, **overrides: Any) -> BoxCutMix | BoxMixUp | OneOfMix:
-    """The transform a recipe describes: :class:`OneOfMix` when it has both sections, else
-    :class:`BoxCutMix` or :class:`BoxMixUp`. ``overrides`` are passed to the constructor
-    (``metadata_key``, ``p``, ...)."""
+class RecipeMix(_BoxMix):
+    """Any recipe as one transform: every mode of the registry (:mod:`detmix.modes`: CutMix,
+    MixUp, Cutout, ResizeMix, FMix, SaliencyMix...), drawn as the recipe says.
+
+    Args:
+        recipe (str | dict | Recipe): the recipe (name, path, dict or
+            :class:`~detmix.recipes.Recipe`); stored as a dict, so ``A.to_dict`` writes it.
+        align (str): ``"resize"`` or ``"pad"``; default: the recipe's.
+        fill (float): padding value of ``align="pad"``. Default: 0.
+        metadata_key (str): the key of the partner samples. Default: "mix_metadata".
+        p (float): probability of mixing at all. Default: the recipe's ``prob``.
+
+    Targets:
+        image, bboxes, masks (instance masks, one per box)
+
+    Examples:
+        >>> RecipeMix("fmix")  # doctest: +SKIP
+        >>> RecipeMix({"cutout": {"lam_clamp": [0.8, 0.9]}, "fmix": {}, "odds": {"cutout": 1, "fmix": 2}})  # doctest: +SKIP
+    """
+
+    InitSchema = _RecipeMixSchema
+
+    def __init__(
+        self,
+        recipe: str | Recipe | dict[str, Any] = "deit",
+        align: Literal["pad", "resize"] | None = None,
+        fill: float = 0,
+        metadata_key: str = METADATA_KEY,
+        p: float | None = None,
+    ) -> None:
+        loaded = load_recipe(recipe if not isinstance(recipe, dict) else dict(recipe))
+        super().__init__(align=align or loaded.align, fill=fill, metadata_key=metadata_key,
+                         p=loaded.prob if p is None else p)
+        self.recipe_dict = loaded.model_dump(mode="json")
+
+    @property
+    def recipe(self) -> Recipe:
+        return load_recipe({**self.recipe_dict, "prob": 1.0, "align": self.align})
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("align", "fill", "metadata_key")
+
+    def to_dict_private(self) -> dict[str, Any]:
+        out = super().to_dict_private()
+        out["recipe"] = self.recipe_dict
+        return out
+
+
+def from_recipe(recipe: str | Recipe | dict, **overrides: Any) -> BoxCutMix | BoxMixUp | OneOfMix | RecipeMix:
+    """The transform a recipe describes: the classic classes when it has CutMix and/or MixUp only
+    (:class:`OneOfMix` for both, else :class:`BoxCutMix` or :class:`BoxMixUp`), :class:`RecipeMix`
+    for any other. ``overrides`` are passed to the constructor (``metadata_key``, ``p``, ...)."""
     recipe = load_recipe(recipe)
-    if recipe.mixup is not None and recipe.cutmix is not None:
+    classic = {"cutmix": BoxCutMix, "mixup": BoxMixUp}
+    names = set(recipe.sections())
+    if names == set(classic) and recipe.odds is None:
         return OneOfMix.from_recipe(recipe, **overrides)
-    if recipe.cutmix is not None:
-        return BoxCutMix.from_recipe(recipe, **overrides)
-    return BoxMixUp.from_recipe(recipe, **overrides)
+    if len(names) == 1 and names <= set(classic):
+        return classic[names.pop()].from_recipe(recipe, **overrides)
+    return RecipeMix(recipe, **{"align": recipe.align, **overrides})
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ __all__ = [
     "region_mask",
     "visible_boxes",
     "box_region_masks",
+    "pixel_boxes",
+    "region_boxes",
+    "paste_image",
+    "check_region",
 ]
 
 WeightMode = Literal["visibility", "lam", "hard"]
@@ -180,7 +184,39 @@ def box_region_masks(boxes: Any, height: int, width: int) -> Any:
     return region_mask(cover, height, width)
 
 
-def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[Any, Any, Any]:
+def pixel_boxes(boxes: Any, height: int, width: int) -> Any:
+    """Boolean ``(N, H, W)`` maps of the pixels of float xyxy ``boxes`` whose centres
+    ``(x + 0.5, y + 0.5)`` lie inside them: columns ``ceil(x1 - 0.5) <= x < ceil(x2 - 0.5)``."""
+    xp = array_namespace(boxes)
+    return region_mask(xp.ceil(boxes - 0.5), height, width)
+
+
+def region_boxes(boxes: Any, region: Any, pasted: Any) -> tuple[Any, Any]:
+    """The box rule of a CutMix over any region, for boxes without masks.
+
+    A box's pixels are those whose centres lie inside it (:func:`pixel_boxes`); its visibility is
+    the share of them on its side (``a``'s outside ``region``, ``b``'s inside); a box the region
+    does not touch keeps its input box, a touched one becomes the tight box of its visible pixels
+    (COCO convention) clipped to its input box (:func:`visible_boxes`). A box with no pixel centre
+    inside it counts as invisible. For a rectangle on integer boxes this is the rule of
+    :func:`cutmix_boxes`.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy floats.
+        region: ``(H, W)`` bool, True where ``b`` shows.
+        pasted: ``(N,)`` bool, True for ``b``'s boxes.
+
+    Returns:
+        ``(new_boxes, visibility)`` in the dtype of ``boxes``.
+    """
+    xp = array_namespace(boxes)
+    height, width = region.shape
+    cover = xp.astype(pixel_boxes(boxes, height, width), xp.uint8)
+    _, visibility, tight = cutmix_masks(cover, None, pasted, boxes.dtype, region=region)
+    return visible_boxes(boxes, tight, visibility), visibility
+
+
+def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None, *, region: Any = None) -> tuple[Any, Any, Any]:
     """Apply the CutMix rules to instance masks.
 
     Args:
@@ -188,6 +224,8 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[
         cut: four ints ``(x1, y1, x2, y2)``, one cut box for all masks, applied by a copy and a
             slice assignment; or an array of shape ``(4,)`` or ``(N, 4)``, applied with
             ``where`` so that no coordinate has to leave the device. Both give the same result.
+            None when ``region`` is given.
+        region: instead of ``cut``, an ``(H, W)`` bool map of where ``b`` shows (any shape).
         pasted: ``(N,)`` bool as in :func:`cutmix_boxes`.
         dtype: float dtype of the returned boxes and visibility (default float32).
 
@@ -202,7 +240,10 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None) -> tuple[
     _, height, width = masks.shape
     on = _binary(masks)
     before = _pixel_counts(on)
-    if isinstance(cut, (tuple, list)):
+    if region is not None:
+        keep = on & xp.astype(region[None] == pasted[:, None, None], xp.uint8)
+        after = _pixel_counts(keep)
+    elif isinstance(cut, (tuple, list)):
         keep, after = _cut_window(on, cut, pasted, before)
     else:
         region = region_mask(cut, height, width)
@@ -307,6 +348,17 @@ def cutmix_image(a: Any, b: Any, cut: Any, layout: str = "CHW") -> Any:
     return xp.where(region, b, a)
 
 
+def paste_image(a: Any, b: Any, region: Any, layout: str = "CHW") -> Any:
+    """``a`` outside ``region`` (an ``(H, W)`` bool map), ``b`` inside it; ``layout`` as in
+    :func:`cutmix_image`."""
+    xp = array_namespace(a)
+    if layout == "HWC":
+        region = region[..., None]
+    elif layout == "CHW":
+        region = region[None]
+    return xp.where(region, b, a)
+
+
 def mixup_image(a: Any, b: Any, lam: Any) -> Any:
     """``lam * a + (1 - lam) * b``; uint8 is computed in float32, rounded half to even and
     clipped, so it never wraps around. ``lam`` may be a scalar or an array broadcastable to
@@ -363,13 +415,13 @@ def _mixup_uint8_by_table(xp: Any, a: Any, b: Any, lam: Any) -> Any:
 
 def mix_crowd(
     crowd_a: Crowd | None, crowd_b: Crowd | None, height: int, width: int, *, cut: Sequence[int] | None = None,
-    lam: float | None = None,
+    region: Any = None, lam: float | None = None,
 ) -> dict[str, Any] | None:
     """Mix the crowd regions (COCO ``iscrowd=1``) of a pair: they are never targets, only
     regions to ignore, and they follow the pixels like any mask.
 
-    With ``cut`` (CutMix, four ints; ``(0, 0, 0, 0)`` mixes nothing): ``a``'s regions outside
-    the cut, ``b``'s inside it. With ``lam`` (MixUp): the regions of both, but none of a side
+    With ``cut`` (CutMix, four ints; ``(0, 0, 0, 0)`` mixes nothing) or ``region`` (an ``(H, W)``
+    bool map, CutMix over any region): ``a``'s regions outside the cut, ``b``'s inside it. With ``lam`` (MixUp): the regions of both, but none of a side
     whose share of the blend is 0. A region's box is its input box while the cut does not touch
     it and otherwise the tight box of its visible part, clipped to its input box (the object
     box rule, :func:`visible_boxes`); a region with nothing visible is removed. Without masks
@@ -410,7 +462,14 @@ def mix_crowd(
         [m if m is not None else xp.zeros((c.num, height, width), dtype=xp.bool, device=dev)
          for m, c in zip(per_region, (ca, cb))], axis=0)
 
-    if cut is not None:
+    if region is not None:
+        if masks is not None:
+            masks, visibility, tight = cutmix_masks(masks, None, pasted, dtype, region=region)
+            boxes = visible_boxes(boxes, tight, visibility)
+        else:
+            boxes, visibility = region_boxes(boxes, region, pasted)
+        keep = drop_reasons(boxes, visibility) < 0
+    elif cut is not None:
         x1, y1, x2, y2 = (int(v) for v in cut)
         if masks is not None:
             masks, visibility, tight = cutmix_masks(masks, (x1, y1, x2, y2), pasted, dtype)
@@ -430,7 +489,9 @@ def mix_crowd(
     if ca.mask is not None or cb.mask is not None:
         ref = ca.mask if ca.mask is not None else cb.mask
         ma, mb = (c.mask if c.mask is not None else xp.zeros_like(ref) for c in (ca, cb))
-        if cut is not None:
+        if region is not None:
+            union = xp.where(region, xp.astype(mb, ref.dtype), ma)
+        elif cut is not None:
             union = cutmix_image(ma, xp.astype(mb, ref.dtype), (x1, y1, x2, y2), "HW")
         else:  # the union of the sides shown in the blend
             shown = [m != 0 for m, on in ((ma, lam > 0), (mb, lam < 1)) if on]
@@ -499,6 +560,30 @@ def check_cut_box(cut_box: Any, height: int, width: int, name: str = "cut_box") 
     return x1, y1, x2, y2
 
 
+def check_region(region: Any, p: Parsed, name: str = "region") -> Any:
+    """An ``(H, W)`` map of where ``b`` shows, of the sample's array kind and device: bool, or
+    integers with any non-zero value True. Returns it as canonical bool."""
+    xp = p.xp
+    if p.kind == "numpy":
+        from array_api_compat import is_torch_array
+
+        if is_torch_array(region):
+            raise TypeError(f"{name} is a torch tensor but the image is a numpy array; use one kind")
+        region = xp.asarray(region)
+    else:
+        import torch
+
+        if not isinstance(region, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor (H, W) like the image, got {type(region).__name__}")
+        if region.device != p.image.device:
+            raise ValueError(f"{name} is on {region.device} but the image is on {p.image.device}")
+    if tuple(region.shape) != (p.height, p.width):
+        raise ValueError(f"{name} must have shape ({p.height}, {p.width}) (the canvas), got {tuple(region.shape)}")
+    if not (region.dtype == xp.bool or xp.isdtype(region.dtype, "integral")):
+        raise TypeError(f"{name} must be bool (True where b shows), got dtype {region.dtype}")
+    return region != 0
+
+
 def _concat_pair(xp: Any, x: Any, y: Any) -> Any:
     return xp.concat([x, y], axis=0)
 
@@ -562,106 +647,7 @@ def _assemble(
     return out
 
 
-def cutmix(
-    a: dict[str, Any],
-    b: dict[str, Any],
-    cut_box: Sequence[int],
-    *,
-    min_visibility: float = 0.0,
-    min_area: float = 0.0,
-    min_size: float = 1.0,
-    weight: WeightMode = "visibility",
-    box_keys: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Paste the ``cut_box`` region of ``b`` onto ``a``, with boxes, masks and extras following.
-
-    Args:
-        a: the sample whose canvas is kept (see :mod:`detmix` for the sample dict).
-        b: the sample pasted inside the cut; same canvas, array kind and dtype as ``a``.
-        cut_box: ``(x1, y1, x2, y2)`` whole pixels, half-open, inside the canvas.
-        min_visibility: drop boxes whose visible share is below this.
-        min_area: drop boxes whose new area (pixels²) is below this.
-        min_size: drop boxes whose new width or height is below this.
-        weight: per-box weights: ``"visibility"`` (visible share), ``"lam"`` (share of the
-            output image that comes from the box's source) or ``"hard"`` (1).
-        box_keys: the extra keys that hold one row per box (ids, iscrowd, area...). Default:
-            every array with one row per box in both samples. Other extras are sample-level
-            and are taken from ``a``.
-
-    Returns:
-        A new sample of the same array kind as ``a``: ``image``, ``boxes``, ``labels``,
-        ``masks`` (if given), every per-box extra, and ``weights``, ``source`` (0 for ``a``,
-        1 for ``b``), ``index`` (row in its source), ``lam`` (``1 - area(cut) / (H * W)``) and
-        ``dropped`` (``source``, ``index``, ``visibility``, ``reason`` of every removed box).
-        Kept boxes come in the order of ``a``'s then ``b``'s. Inputs are not modified.
-        With masks, a box the cut does not touch is returned as it came; a touched one is the
-        tight box of its visible mask, clipped to the input box (:func:`visible_boxes`). When
-        either sample has crowd regions (``crowd_boxes``, ``crowd_mask``, ``crowd_masks``), the
-        output has them mixed by :func:`mix_crowd`, never among the boxes.
-    """
-    pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
-    check_pair(pa, pb)
-    min_visibility = _check_unit(min_visibility, "min_visibility")
-    min_area = _check_non_negative(min_area, "min_area")
-    min_size = _check_non_negative(min_size, "min_size")
-    weight = _check_weight(weight)
-    x1, y1, x2, y2 = check_cut_box(cut_box, pa.height, pa.width)
-
-    xp = pa.xp
-    dtype = pa.boxes.dtype
-    dev = device(pa.boxes)
-    lam = 1.0 - (x2 - x1) * (y2 - y1) / (pa.height * pa.width)
-    cut = xp.asarray([x1, y1, x2, y2], dtype=dtype, device=dev)
-    boxes = _concat_pair(xp, pa.boxes, xp.astype(pb.boxes, dtype))
-    source, _ = _source_and_index(xp, pa, pb)
-    pasted = source == 1
-
-    masks = None
-    if pa.masks is not None:
-        # a's masks and b's apart, then the results joined: faster than cutting their concatenation.
-        part_a = cutmix_masks(pa.masks, (x1, y1, x2, y2), pasted[: pa.num_boxes], dtype)
-        part_b = cutmix_masks(pb.masks, (x1, y1, x2, y2), pasted[pa.num_boxes :], dtype)
-        masks, visibility, tight = (_concat_pair(xp, u, v) for u, v in zip(part_a, part_b))
-        boxes = visible_boxes(boxes, tight, visibility)
-    else:
-        boxes, visibility = cutmix_boxes(boxes, cut, pasted)
-    reason = drop_reasons(boxes, visibility, min_visibility=min_visibility, min_area=min_area, min_size=min_size)
-    share = xp.where(pasted, xp.full_like(visibility, 1.0 - lam), xp.full_like(visibility, lam))
-    image = cutmix_image(pa.image, pb.image, (x1, y1, x2, y2), pa.layout)
-    crowd = mix_crowd(pa.crowd, pb.crowd, pa.height, pa.width, cut=(x1, y1, x2, y2))
-    return _assemble(pa, pb, image, boxes, masks, visibility, share, reason, weight, lam, box_keys, crowd)
-
-
-def mixup(
-    a: dict[str, Any],
-    b: dict[str, Any],
-    lam: float,
-    *,
-    min_weight: float = 0.0,
-    weight: WeightMode = "visibility",
-    box_keys: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Blend ``lam * a + (1 - lam) * b`` and keep the boxes of both.
-
-    Each box's visibility is the share of its image in the blend (``lam`` for ``a``'s boxes,
-    ``1 - lam`` for ``b``'s), which is also its weight by default (the per-box loss weights of
-    "Bag of Freebies for Training Object Detection Neural Networks"); ``weight="hard"`` gives 1.
-    Boxes of an image whose share is 0, or below ``min_weight``, are dropped. Masks and boxes
-    are unchanged. The result has the same keys as :func:`cutmix`'s.
-    """
-    pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
-    check_pair(pa, pb)
-    lam = _check_unit(lam, "lam")
-    min_weight = _check_unit(min_weight, "min_weight")
-    weight = _check_weight(weight)
-
-    xp = pa.xp
-    dtype = pa.boxes.dtype
-    boxes = _concat_pair(xp, pa.boxes, xp.astype(pb.boxes, dtype))
-    source, _ = _source_and_index(xp, pa, pb)
-    share = xp.where(source == 1, xp.full_like(boxes[:, 0], 1.0 - lam), xp.full_like(boxes[:, 0], lam))
-    reason = mixup_drop_reasons(share, min_weight=min_weight)
-    masks = None if pa.masks is None else _concat_pair(xp, pa.masks, xp.astype(pb.masks, pa.masks.dtype))
-    image = mixup_image(pa.image, pb.image, lam)
-    crowd = mix_crowd(pa.crowd, pb.crowd, pa.height, pa.width, lam=lam)
-    return _assemble(pa, pb, image, boxes, masks, share, share, reason, weight, lam, box_keys, crowd)
+# The sample functions live with their modes (detmix.modes.*), each mode one unit; they are part
+# of this namespace, the library's functional API. Imported last: the modes use the kernels above.
+from detmix.modes.cutmix import cutmix  # noqa: E402
+from detmix.modes.mixup import mixup  # noqa: E402

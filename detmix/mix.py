@@ -13,43 +13,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from detmix import functional as F
 from detmix.align import align_canvas, align_pair, canvas_size
+from detmix.modes import get_mode
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
 
-__all__ = ["RandomMix", "apply_params", "mix_pair"]
+__all__ = ["RandomMix", "apply_params", "draw_params", "mix_pair"]
 
 
 def apply_params(
     a: dict[str, Any], b: dict[str, Any], params: MixParams, recipe: Recipe, *, box_keys: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Apply drawn ``params`` to an aligned pair with the thresholds and weight mode of
-    ``recipe`` (``box_keys`` as in :func:`detmix.functional.cutmix`). The result is :func:`detmix.functional.cutmix`'s plus ``params``. Mode
-    ``"none"`` returns ``a`` with weight 1 on every box and ``b``'s boxes in ``dropped``."""
+    ``recipe``'s section for ``params.mode`` (``box_keys`` as in
+    :func:`detmix.functional.cutmix`): the mode's kernel (:mod:`detmix.modes`), whose result is
+    :func:`detmix.functional.cutmix`'s keys, plus ``params``. Mode ``"none"`` returns ``a`` with
+    weight 1 on every box and ``b``'s boxes in ``dropped``."""
     if not isinstance(params, MixParams):
         raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
     if params.canvas is not None and tuple(params.canvas) != canvas_size(a):
         raise ValueError(f"params were drawn for canvas {tuple(params.canvas)} but a has canvas {canvas_size(a)}")
-    if params.mode == "cutmix":
-        if recipe.cutmix is None:
-            raise ValueError(f"params ask for CutMix but recipe {recipe.name!r} has no 'cutmix' section")
-        cfg = recipe.cutmix
-        out = F.cutmix(
-            a, b, params.cut_box,
-            min_visibility=cfg.min_visibility, min_area=cfg.min_area, min_size=cfg.min_size, weight=cfg.weight,
-            box_keys=box_keys,
-        )
-    elif params.mode == "mixup":
-        if recipe.mixup is None:
-            raise ValueError(f"params ask for MixUp but recipe {recipe.name!r} has no 'mixup' section")
-        out = F.mixup(
-            a, b, params.lam, min_weight=recipe.mixup.min_weight, weight=recipe.mixup.weight, box_keys=box_keys
-        )
-    else:
-        out = F.cutmix(
-            a, b, (0, 0, 0, 0), min_visibility=0.0, min_area=0.0, min_size=0.0, weight="hard", box_keys=box_keys
-        )
+    mode = get_mode(params.mode)
+    cfg = recipe.section(params.mode) if mode.config is not None else None
+    if mode.config is not None and cfg is None:
+        raise ValueError(f"params ask for mode {params.mode!r} but recipe {recipe.name!r} has no {params.mode!r} section")
+    out = mode.apply(a, b, params, cfg, box_keys)
     out["params"] = params
     return out
 
@@ -64,14 +52,25 @@ def mix_pair(
     box_keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Align ``b`` to ``a`` as ``recipe.align`` says and apply ``params``: the same result as
-    ``apply_params(*align_pair(a, b, recipe.align, fill=fill), params, recipe)``, but for a
-    CutMix only the cut box of ``b``'s image is aligned (see :func:`detmix.align_pair`'s
-    ``window``), which is most of the work when ``b`` is resized."""
+    ``apply_params(*align_pair(a, b, recipe.align, fill=fill), params, recipe)``, but only the
+    part of ``b``'s image that the mode reads is aligned (:meth:`detmix.modes.Mode.window`: a
+    CutMix's cut box, nothing for ``none``; see :func:`detmix.align_pair`'s ``window``), which is
+    most of the work when ``b`` is resized."""
     if not isinstance(params, MixParams):
         raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
-    window = params.cut_box if params.mode == "cutmix" else (0, 0, 0, 0) if params.mode == "none" else None
-    a, b = align_pair(a, b, recipe.align, fill=fill, window=window)
+    a, b = align_pair(a, b, recipe.align, fill=fill, window=get_mode(params.mode).window(params))
     return apply_params(a, b, params, recipe, box_keys=box_keys)
+
+
+def draw_params(generator: Any, recipe: Recipe, a: dict[str, Any], b: dict[str, Any]) -> MixParams:
+    """:func:`detmix.sample_params` for the pair's canvas (:func:`detmix.align_canvas`). When one
+    of the recipe's modes reads the partner to draw (SaliencyMix), ``b`` is aligned first and
+    handed to it; otherwise nothing is aligned here."""
+    height, width = align_canvas(canvas_size(a, "a"), canvas_size(b, "b"), recipe.align)
+    partner = None
+    if any(get_mode(name).reads_partner for name in recipe.sections()):
+        partner = align_pair(a, b, recipe.align)[1]
+    return sample_params(generator, recipe, height, width, partner=partner)
 
 
 class RandomMix:
@@ -87,6 +86,5 @@ class RandomMix:
         return f"{type(self).__name__}(recipe={self.recipe.name!r})"
 
     def __call__(self, a: dict[str, Any], b: dict[str, Any], generator: Any) -> dict[str, Any]:
-        height, width = align_canvas(canvas_size(a, "a"), canvas_size(b, "b"), self.recipe.align)
-        params = sample_params(generator, self.recipe, height, width)
+        params = draw_params(generator, self.recipe, a, b)
         return mix_pair(a, b, params, self.recipe, box_keys=self.box_keys)

@@ -189,6 +189,7 @@ def preview_dataset(
     many boxes were kept and dropped), so a caller can log what the picture shows."""
     from detmix.align import align_pair
     from detmix.mix import RandomMix
+    from detmix.modes import get_mode
 
     if len(source) < 2:
         raise ValueError(f"source must hold at least 2 samples to mix, got {len(source)}")
@@ -202,8 +203,7 @@ def preview_dataset(
         a, b = align_pair(source[i], source[j], mixer.recipe.align)
         out = mixer(a, b, rng)
         params = out["params"]
-        title = {"cutmix": f"cutmix  lam={params.lam:.2f}", "mixup": f"mixup  lam={params.lam:.2f}",
-                 "none": "not mixed"}[params.mode]
+        title = get_mode(params.mode).describe(params)
         tiles.append(draw_sample(out, category_names, width=tile_width, title=title,
                                  dropped_boxes=dropped_input_boxes(a, b, out), cut_box=params.cut_box))
         records.append({"a": i, "b": j, "params": params.to_dict(), "kept": int(len(out["boxes"])),

@@ -27,75 +27,140 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
+
+from detmix._fields import Alpha, MinArea, MinSize, MixConfig, Number, StrictModel, Unit, WeightModeField
+from detmix.modes import get_mode, mode_names
+from detmix.modes.cutmix import CutMixConfig
+from detmix.modes.mixup import MixUpConfig
 
 __all__ = ["PACKAGED_RECIPES", "CutMixConfig", "MixUpConfig", "Recipe", "builtin_recipes", "load_recipe", "recipe_dirs"]
+# Field types re-exported for the adapters (their schemas reuse the recipe's bounds).
+_FIELDS = (Alpha, MinArea, MinSize, MixConfig, Number, Unit, WeightModeField)
 
-#: Numbers are strict: ints and floats (numpy's too) pass, strings and Python booleans do not
-#: (``alpha: yes`` is no 1.0).
-Number = Annotated[float, Strict()]
-Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
-Alpha = Annotated[Number, Field(gt=0.0, le=100.0, description="Beta(alpha, alpha) concentration")]
-MinArea = Annotated[Number, Field(ge=0.0, le=1e8)]
-MinSize = Annotated[Number, Field(ge=0.0, le=1e4)]
-WeightModeField = Literal["visibility", "lam", "hard"]
+#: The top-level keys of a recipe that are not mode sections.
+RECIPE_FIELDS = ("name", "description", "prob", "switch_prob", "odds", "align")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _RecipeBase(StrictModel):
+    """What every recipe has besides its mode sections (see :class:`Recipe`)."""
 
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
-class _MixConfig(_Strict):
-    alpha: Alpha = 1.0
-    lam_clamp: tuple[Unit, Unit] | None = Field(
-        default=None, description="clip lam ~ Beta(alpha, alpha) into [low, high], e.g. [0.3, 0.7]"
-    )
-    weight: WeightModeField = Field(default="visibility", description="per-box weights: visibility, lam or hard")
-
-    @field_validator("lam_clamp")
-    @classmethod
-    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and value[0] > value[1]:
-            raise ValueError(f"lam_clamp must be [low, high] with low <= high, got {list(value)}")
-        return value
-
-
-class MixUpConfig(_MixConfig):
-    """MixUp parameters; ``alpha`` 1.5 is the detection MixUp of "Bag of Freebies"."""
-
-    alpha: Alpha = 1.5
-    min_weight: Unit = Field(default=0.0, description="drop the boxes of an image whose share is below this")
-
-
-class CutMixConfig(_MixConfig):
-    """CutMix parameters; the thresholds are those of :func:`detmix.functional.cutmix`."""
-
-    min_visibility: Unit = 0.0
-    min_area: MinArea = 0.0
-    min_size: MinSize = 1.0
-
-
-class Recipe(_Strict):
-    """A complete mixing recipe."""
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "custom"
-    description: Annotated[str, Field(max_length=500)] = ""
+    name: str = Field(default="custom", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = Field(default="", max_length=500)
     prob: Unit = Field(default=1.0, description="probability that a sample is mixed at all")
-    switch_prob: Unit = Field(default=0.5, description="probability of CutMix rather than MixUp when both are set")
-    mixup: MixUpConfig | None = None
-    cutmix: CutMixConfig | None = None
+    switch_prob: Unit = Field(
+        default=0.5, description="probability of CutMix rather than MixUp when a recipe has both and no odds (DeiT)"
+    )
+    odds: dict[str, Number] | None = Field(
+        default=None,
+        description="relative odds of the recipe's modes, e.g. {cutmix: 2, fmix: 1}; default: even (CutMix and "
+        "MixUp alone: switch_prob)",
+    )
     align: Literal["pad", "resize"] = Field(
         default="pad", description="how a partner of another size is brought onto the canvas"
     )
 
     @model_validator(mode="after")
-    def _some_mix(self) -> Recipe:
-        if self.mixup is None and self.cutmix is None:
-            raise ValueError("a recipe needs 'mixup', 'cutmix' or both")
+    def _sections(self) -> _RecipeBase:
+        extras = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for key, value in list(extras.items()):
+            mode = _mode_or_none(key)
+            if mode is None or mode.config is None:
+                raise ValueError(
+                    f"unknown recipe key {key!r}: a recipe has {list(RECIPE_FIELDS)} and one section per mode "
+                    f"{[n for n in mode_names() if get_mode(n).config is not None]}"
+                )
+            if value is not None and not isinstance(value, mode.config):
+                try:
+                    extras[key] = mode.config.model_validate(value)
+                except ValidationError as error:
+                    raise ValueError(f"section {key!r}: {error}") from None
+        present = self.sections()
+        if not present:
+            names = [n for n in mode_names() if get_mode(n).config is not None]
+            raise ValueError(f"a recipe needs at least one mode section of {names} (e.g. 'mixup', 'cutmix' or both)")
+        if self.odds is not None:
+            unknown = sorted(set(self.odds) - set(present))
+            if unknown:
+                raise ValueError(f"odds names {unknown}, which the recipe has no section for (it has {list(present)})")
+            if any(v < 0 or not np.isfinite(v) for v in self.odds.values()) or sum(self.odds.values()) <= 0:
+                raise ValueError(f"odds must be finite numbers >= 0 with a positive sum, got {self.odds}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_sections(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None or (k not in _section_names() and k != "odds")}
+
+    def section(self, name: str) -> Any:
+        """The recipe's section for mode ``name`` (None when it has none)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        return (self.__pydantic_extra__ or {}).get(name)
+
+    def sections(self) -> dict[str, Any]:
+        """``{mode name: section}`` of the modes this recipe can draw, in registry order."""
+        return {n: self.section(n) for n in mode_names() if self.section(n) is not None}
+
+    def mode_odds(self) -> dict[str, float]:
+        """The probability of each of the recipe's modes when it mixes, in drawing order:
+        :attr:`odds` normalised; without them, CutMix with ``switch_prob`` and MixUp with the
+        rest when those are the two modes (DeiT), else even odds."""
+        present = list(self.sections())
+        if self.odds is not None:
+            raw = {n: float(self.odds.get(n, 0.0)) for n in self.odds}
+        elif set(present) == {"cutmix", "mixup"}:  # the DeiT switch: CutMix first, as timm draws it
+            raw = {"cutmix": self.switch_prob, "mixup": 1.0 - self.switch_prob}
+        else:
+            raw = {n: 1.0 for n in present}
+        total = sum(raw.values())
+        return {n: v / total for n, v in raw.items()}
+
+    def choose(self, rng: np.random.Generator) -> str:
+        """Draw which mode mixes: one ``rng.random()`` when the recipe has more than one mode
+        (:meth:`mode_odds`), none otherwise."""
+        odds = self.mode_odds()
+        names = list(odds)
+        if len(self.sections()) == 1:
+            return next(iter(self.sections()))
+        u = rng.random()
+        cumulative = 0.0
+        for name in names:
+            cumulative += odds[name]
+            if u < cumulative:
+                return name
+        return next(n for n in reversed(names) if odds[n] > 0)
+
+
+def _mode_or_none(name: str) -> Any:
+    try:
+        return get_mode(name)
+    except ValueError:
+        return None
+
+
+def _section_names() -> set[str]:
+    return {n for n in mode_names() if get_mode(n).config is not None}
+
+
+#: A complete mixing recipe: :class:`_RecipeBase`'s fields and one optional section per mode (the
+#: built-in modes as typed fields, a mode registered later as a validated extra key).
+Recipe = create_model(
+    "Recipe",
+    __base__=_RecipeBase,
+    __module__=__name__,
+    **{n: (get_mode(n).config | None, None) for n in mode_names() if get_mode(n).config is not None},
+)
+Recipe.__doc__ = """A complete mixing recipe: ``prob`` (that a sample is mixed at all), the modes it
+draws from (one section per mode: ``cutmix``, ``mixup``, ``cutout``...), their ``odds`` (CutMix
+and MixUp alone: ``switch_prob``, the DeiT switch) and ``align``. Validated strictly: unknown keys,
+NaN and out-of-range values are refused with the field's name."""
 
 
 class _Loader(yaml.SafeLoader):

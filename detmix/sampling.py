@@ -14,8 +14,10 @@ the same seed.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,47 +26,86 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["MixParams", "as_numpy_generator", "sample_cut_box", "sample_lam", "sample_params"]
 
-Mode = Literal["none", "mixup", "cutmix"]
-
-
 @dataclass(frozen=True)
 class MixParams:
     """What one mix did: enough to replay it exactly.
 
     Attributes:
-        mode: ``"cutmix"``, ``"mixup"`` or ``"none"`` (the sample passed through unmixed).
-        lam: share of the output that comes from ``a`` (for CutMix, recomputed from the clipped
-            cut box: ``1 - area(cut_box) / (H * W)``).
-        cut_box: ``(x1, y1, x2, y2)`` half-open whole pixels, CutMix only.
+        mode: the name of a registered mode (:func:`detmix.modes.mode_names`): ``"cutmix"``,
+            ``"mixup"``, ``"none"`` (the sample passed through unmixed), ``"cutout"``...
+        lam: share of the output that comes from ``a`` (for the cut modes, recomputed from what
+            was cut: ``1 - area(cut_box) / (H * W)``).
+        cut_box: ``(x1, y1, x2, y2)`` half-open whole pixels, for the modes that cut a box.
         canvas: ``(height, width)`` the parameters were drawn for.
+        extra: the mode's own parameters (:attr:`detmix.modes.Mode.extra_keys`, e.g. ResizeMix's
+            ``paste_box``, FMix's ``seed`` and ``decay``); written flat by :meth:`to_dict`.
+
+    Built, it is checked by its mode (``ValueError`` naming the field): a record that exists can be
+    applied.
     """
 
-    mode: Mode
+    mode: str
     lam: float
     cut_box: tuple[int, int, int, int] | None = None
     canvas: tuple[int, int] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("none", "mixup", "cutmix"):
-            raise ValueError(f"mode must be 'none', 'mixup' or 'cutmix', got {self.mode!r}")
-        if not (0.0 <= self.lam <= 1.0):
+        from detmix.modes import get_mode, mode_names
+
+        mode = get_mode(self.mode)
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not (0.0 <= self.lam <= 1.0):
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
-        if (self.mode == "cutmix") != (self.cut_box is not None):
-            raise ValueError(f"cut_box must be given for mode 'cutmix' and only then, got mode={self.mode!r}, "
+        object.__setattr__(self, "lam", float(self.lam))
+        if self.cut_box is not None:
+            object.__setattr__(self, "cut_box", tuple(int(v) if float(v) == int(v) else v for v in self.cut_box))
+        if self.canvas is not None:
+            object.__setattr__(self, "canvas", tuple(int(v) for v in self.canvas))
+        if (self.cut_box is not None) != mode.uses_cut_box:
+            cut_modes = [n for n in mode_names() if get_mode(n).uses_cut_box]
+            raise ValueError(f"cut_box must be given for the modes {cut_modes} and only then, got mode={self.mode!r}, "
                              f"cut_box={self.cut_box!r}")
+        extra = dict(self.extra)
+        unknown = sorted(set(extra) - set(mode.extra_keys))
+        missing = sorted(set(mode.extra_keys) - set(extra))
+        if unknown or missing:
+            raise ValueError(
+                f"mode {self.mode!r} takes the parameters {list(mode.extra_keys)} besides lam, cut_box and canvas; "
+                + (f"unknown: {unknown}" if unknown else f"missing: {missing}")
+            )
+        object.__setattr__(self, "extra", MappingProxyType(extra))
+        mode.check(self)
+
+    def __getitem__(self, key: str) -> Any:
+        """A parameter of the mode's own (:attr:`extra`)."""
+        return self.extra[key]
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        """Plain lists and numbers, for JSON or YAML logs; :meth:`from_dict` reads it back."""
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "lam": self.lam,
+            "cut_box": None if self.cut_box is None else list(self.cut_box),
+            "canvas": None if self.canvas is None else list(self.canvas),
+        }
+        out.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.extra.items()})
+        return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MixParams:
+    def from_dict(cls, data: Mapping[str, Any]) -> MixParams:
+        """The :class:`MixParams` that :meth:`to_dict` wrote (records of earlier versions too)."""
+        if not isinstance(data, Mapping) or "mode" not in data or "lam" not in data:
+            raise ValueError(f"params must be a dict with 'mode' and 'lam', got {data!r:.120}")
         cut = data.get("cut_box")
         canvas = data.get("canvas")
+        extra = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+                 if k not in ("mode", "lam", "cut_box", "canvas")}
         return cls(
             mode=data["mode"],
             lam=float(data["lam"]),
             cut_box=None if cut is None else tuple(int(v) for v in cut),
             canvas=None if canvas is None else tuple(int(v) for v in canvas),
+            extra=extra,
         )
 
 
@@ -139,24 +180,20 @@ def sample_cut_box(generator: Any, lam: float, height: int, width: int) -> tuple
     return cut_box_for(lam, (cx, cy), height, width)
 
 
-def sample_params(generator: Any, recipe: Recipe, height: int, width: int) -> MixParams:
+def sample_params(
+    generator: Any, recipe: Recipe, height: int, width: int, partner: dict[str, Any] | None = None
+) -> MixParams:
     """Draw one mix for a ``height x width`` canvas according to ``recipe``.
 
-    The DeiT-style switch: with probability ``1 - recipe.prob`` nothing is mixed; otherwise
-    CutMix with probability ``recipe.switch_prob`` when both are configured, else the one that
-    is. All draws come from ``generator``, in a fixed order (apply?, which?, lam, centre)."""
+    With probability ``1 - recipe.prob`` nothing is mixed (mode ``none``); otherwise the recipe
+    picks one of its modes (:meth:`detmix.recipes.Recipe.choose`: the DeiT switch for CutMix and
+    MixUp) and the mode's sampler draws the rest. All draws come from ``generator``, in a fixed
+    order (apply?, which?, then the mode's own). ``partner`` (the partner sample, on the canvas)
+    is read by the modes whose draw looks at it (SaliencyMix); the others ignore it."""
+    from detmix.modes import get_mode
+
     rng = as_numpy_generator(generator)
-    canvas = (int(height), int(width))
     if rng.random() >= recipe.prob:
-        return MixParams("none", 1.0, None, canvas)
-    if recipe.mixup is not None and recipe.cutmix is not None:
-        use_cutmix = bool(rng.random() < recipe.switch_prob)
-    else:
-        use_cutmix = recipe.cutmix is not None
-    if use_cutmix:
-        cfg = recipe.cutmix
-        lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
-        box, lam = sample_cut_box(rng, lam, height, width)
-        return MixParams("cutmix", lam, box, canvas)
-    cfg = recipe.mixup
-    return MixParams("mixup", sample_lam(rng, cfg.alpha, cfg.lam_clamp), None, canvas)
+        return get_mode("none").sample(rng, None, height, width)
+    name = recipe.choose(rng)
+    return get_mode(name).sample(rng, recipe.section(name), int(height), int(width), partner)

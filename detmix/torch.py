@@ -37,14 +37,28 @@ from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as F
 from detmix._sample import CROWD_KEYS, Crowd, _parse_crowd, clip_edge_drift
+from detmix.modes import get_mode, mode_names
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
 
 __all__ = ["MODES", "BatchMix", "BatchParams", "MixCollate"]
 
-#: The mode codes of :attr:`BatchParams.mode`: ``MODES[code]`` is the :class:`MixParams` mode.
-MODES = ("none", "mixup", "cutmix")
-_NONE, _MIXUP, _CUTMIX = 0, 1, 2
+#: The mode codes of :attr:`BatchParams.mode` are indices into :func:`detmix.modes.mode_names`
+#: (``MODES`` in this module, read when asked: a mode registered later has the next code): 0 none,
+#: 1 mixup, 2 cutmix, then the region family.
+_NONE = 0
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MODES":
+        return mode_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _kinds(codes: np.ndarray) -> np.ndarray:
+    """The :data:`detmix.modes.BatchKind` of each mode code, as an object array."""
+    names = mode_names()
+    return np.array([get_mode(names[int(c)]).batch_kind for c in codes], dtype=object)
 
 _IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: Keys with a fixed meaning in a target; every other key is an extra.
@@ -69,13 +83,15 @@ class BatchParams:
     Attributes:
         partner (Tensor): ``(B,)`` int64, the batch index of the image mixed into image ``i``;
             ``i`` itself where nothing was mixed.
-        mode (Tensor): ``(B,)`` int64 codes into :data:`MODES` (0 none, 1 mixup, 2 cutmix).
+        mode (Tensor): ``(B,)`` int64 codes into :data:`MODES` (0 none, 1 mixup, 2 cutmix...).
         lam (Tensor): ``(B,)`` float64, the share of output ``i`` that comes from image ``i``
             (1 where nothing was mixed; for CutMix recomputed from the clipped cut box).
         cut (Tensor): ``(B, 4)`` int64 half-open cut boxes ``(x1, y1, x2, y2)``; zeros where the
             mode is not CutMix.
         canvas (tuple[int, int]): ``(height, width)`` of the padded batch the parameters are for.
         per (str): ``"batch"`` (one mode, lam and cut box for the whole batch) or ``"pair"``.
+        extra (tuple of dict): each pair's mode-specific parameters (:attr:`MixParams.extra`,
+            e.g. ResizeMix's ``paste_box``); empty dicts by default.
     """
 
     partner: torch.Tensor
@@ -84,6 +100,7 @@ class BatchParams:
     cut: torch.Tensor
     canvas: tuple[int, int]
     per: Literal["batch", "pair"] = "pair"
+    extra: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         partner = torch.as_tensor(self.partner, dtype=torch.int64, device="cpu").reshape(-1)
@@ -103,11 +120,12 @@ class BatchParams:
             raise ValueError(f"per must be 'batch' or 'pair', got {self.per!r}")
         if size and bool(((partner < 0) | (partner >= size)).any()):
             raise ValueError(f"partner must hold batch indices in [0, {size}), got {partner.tolist()}")
-        if size and bool(((mode < 0) | (mode > 2)).any()):
-            raise ValueError(f"mode must hold codes 0 (none), 1 (mixup) or 2 (cutmix), got {mode.tolist()}")
+        names = mode_names()
+        if size and bool(((mode < 0) | (mode >= len(names))).any()):
+            raise ValueError(f"mode must hold codes into {names} (0 none, 1 mixup, 2 cutmix...), got {mode.tolist()}")
         if size and not bool(((lam >= 0) & (lam <= 1)).all()):
             raise ValueError(f"lam must be in [0, 1], got {lam.tolist()}")
-        is_cut = mode == _CUTMIX
+        is_cut = torch.tensor([get_mode(names[int(c)]).uses_cut_box for c in mode.tolist()], dtype=torch.bool)
         inside = (
             (cut[:, 0] >= 0) & (cut[:, 0] <= cut[:, 2]) & (cut[:, 2] <= width)
             & (cut[:, 1] >= 0) & (cut[:, 1] <= cut[:, 3]) & (cut[:, 3] <= height)
@@ -119,9 +137,19 @@ class BatchParams:
                 f"{width}x{height} canvas), got {cut[i].tolist()}"
             )
         cut = torch.where(is_cut[:, None], cut, torch.zeros_like(cut))
-        for name, value in (("partner", partner), ("mode", mode), ("lam", lam), ("cut", cut)):
+        extra = tuple({} for _ in range(size)) if self.extra is None else tuple(dict(e) for e in self.extra)
+        if len(extra) != size:
+            raise ValueError(f"extra must hold one dict per pair ({size}), got {len(extra)}")
+        for name, value in (("partner", partner), ("mode", mode), ("lam", lam), ("cut", cut), ("extra", extra)):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "canvas", (height, width))
+        # Each mode checks its own parameters (lam of a cut box, a paste box...): one read of each tensor.
+        codes, lams, boxes = mode.tolist(), lam.tolist(), cut.tolist()
+        for i in range(size):
+            try:
+                self._pair(names[codes[i]], lams[i], boxes[i], extra[i])
+            except ValueError as error:
+                raise ValueError(f"pair {i}: {error}") from None
 
     def __len__(self) -> int:
         return int(self.partner.shape[0])
@@ -136,15 +164,18 @@ class BatchParams:
     @property
     def modes(self) -> tuple[str, ...]:
         """The mode of every pair as a string of :data:`MODES`."""
-        return tuple(MODES[c] for c in self.mode.tolist())
+        names = mode_names()
+        return tuple(names[c] for c in self.mode.tolist())
 
     def pair(self, i: int) -> MixParams:
         """The :class:`~detmix.sampling.MixParams` of output ``i``: with
         ``detmix.apply_params(a=sample i, b=sample partner[i], params=pair(i), recipe)`` on the
         padded samples it gives output ``i`` of the batch."""
-        mode = MODES[int(self.mode[i])]
-        cut = tuple(int(v) for v in self.cut[i].tolist()) if mode == "cutmix" else None
-        return MixParams(mode, float(self.lam[i]), cut, self.canvas)
+        return self._pair(mode_names()[int(self.mode[i])], float(self.lam[i]), self.cut[i].tolist(), self.extra[i])
+
+    def _pair(self, name: str, lam: float, cut: list[int], extra: dict[str, Any]) -> MixParams:
+        box = tuple(int(v) for v in cut) if get_mode(name).uses_cut_box else None
+        return MixParams(name, lam, box, self.canvas, extra)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers, for JSON or YAML logs; :meth:`from_dict` reads it back."""
@@ -155,15 +186,18 @@ class BatchParams:
             "mode": list(self.modes),
             "lam": self.lam.tolist(),
             "cut": self.cut.tolist(),
+            **({"extra": [{k: list(v) if isinstance(v, tuple) else v for k, v in e.items()} for e in self.extra]}
+               if any(self.extra) else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchParams:
         """The :class:`BatchParams` that :meth:`to_dict` wrote."""
+        names = mode_names()
         try:
-            mode = [MODES.index(m) for m in data["mode"]]
+            mode = [names.index(m) for m in data["mode"]]
         except ValueError:
-            raise ValueError(f"mode must hold {MODES}, got {list(data['mode'])}") from None
+            raise ValueError(f"mode must hold {names}, got {list(data['mode'])}") from None
         return cls(
             partner=torch.tensor(list(data["partner"]), dtype=torch.int64),
             mode=torch.tensor(mode, dtype=torch.int64),
@@ -171,6 +205,8 @@ class BatchParams:
             cut=torch.tensor(list(data["cut"]), dtype=torch.int64).reshape(-1, 4),
             canvas=tuple(data["canvas"]),
             per=data.get("per", "pair"),
+            extra=tuple({k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}
+                        for e in data.get("extra", [{}] * len(mode))),
         )
 
 
@@ -449,13 +485,14 @@ class _Rows:
     out: np.ndarray  # (R,) output image
     source: np.ndarray  # (R,) 0: the output image's own box, 1: its partner's
     mode: np.ndarray  # (R,) mode of the output image
-    num_cut: int  # rows [0, num_cut) belong to CutMix or unmixed images, the rest to MixUp images
+    num_cut: int  # rows [0, num_cut) belong to "cut" modes or unmixed images, the rest to "blend" modes
 
 
-def _rows(counts: np.ndarray, mode: np.ndarray, partner: np.ndarray) -> _Rows:
+def _rows(counts: np.ndarray, mode: np.ndarray, partner: np.ndarray, blend: np.ndarray) -> _Rows:
     """Output image ``i`` gets its own boxes and, when mixed, those of ``partner[i]``; rows are
-    grouped by kernel (CutMix rules for CutMix and unmixed images, MixUp rules for MixUp ones)
-    and, within a group, ordered by output image, source, then row."""
+    grouped by kernel (the cut rules for the ``"cut"`` modes and unmixed images, the blend rules
+    for ``"blend"`` ones: ``blend[i]``) and, within a group, ordered by output image, source,
+    then row."""
     size = len(counts)
     offsets = np.cumsum(counts) - counts
     images = np.arange(size)
@@ -463,7 +500,7 @@ def _rows(counts: np.ndarray, mode: np.ndarray, partner: np.ndarray) -> _Rows:
     seg_out = np.concatenate([images, images[mixed]])
     seg_src = np.concatenate([images, partner[mixed]])
     seg_source = np.concatenate([np.zeros(size, np.int64), np.ones(int(mixed.sum()), np.int64)])
-    seg_group = (mode[seg_out] == _MIXUP).astype(np.int64)
+    seg_group = blend[seg_out].astype(np.int64)
     order = np.lexsort((seg_source, seg_out, seg_group))
     seg_out, seg_src, seg_source, seg_group = seg_out[order], seg_src[order], seg_source[order], seg_group[order]
     seg_len = counts[seg_src]
@@ -600,10 +637,13 @@ class BatchMix:
         return generator
 
     def make_params(
-        self, batch_size: int, canvas: tuple[int, int], generator: torch.Generator | None = None
+        self, batch_size: int, canvas: tuple[int, int], generator: torch.Generator | None = None,
+        partners: Any = None,
     ) -> BatchParams:
         """Draw the parameters of a batch of ``batch_size`` images on a ``(height, width)``
-        canvas. This is the only place where :class:`BatchMix` draws random numbers."""
+        canvas. This is the only place where :class:`BatchMix` draws random numbers.
+        ``partners(j)`` gives image ``j`` as a numpy sample on the canvas, for the modes whose
+        draw looks at the partner (SaliencyMix); the call reads it back from the device."""
         generator = self._generator(generator)
         size = int(batch_size)
         if size < 0:
@@ -625,23 +665,30 @@ class BatchMix:
         # The draw of each pair is detmix.sample_params (the DeiT switch, Beta lam with its clamp,
         # the cut box), once per batch or once per pair: the same rule as every other adapter.
         n = 1 if self.per == "batch" else size
-        drawn = [sample_params(rng, self.recipe, height, width) for _ in range(n)]
-        mode = np.array([MODES.index(p.mode) for p in drawn], np.int64)
+        reads = partners is not None and any(get_mode(m).reads_partner for m in self.recipe.sections())
+        drawn = [sample_params(rng, self.recipe, height, width, partner=partners(int(partner[k])) if reads else None)
+                 for k in range(n)]
+        names = mode_names()
+        mode = np.array([names.index(p.mode) for p in drawn], np.int64)
         lam = np.array([p.lam for p in drawn], np.float64)
         cut = np.array([p.cut_box or (0, 0, 0, 0) for p in drawn], np.int64).reshape(n, 4)
-        # MixUp's lam rounded to float32, so the batched blend equals the per-sample one bit for bit.
-        lam = np.where(mode == _MIXUP, lam.astype(np.float32).astype(np.float64), lam)
+        # A blend's lam rounded to float32, so the batched blend equals the per-sample one bit for bit.
+        blend = _kinds(mode) == "blend"
+        lam = np.where(blend, lam.astype(np.float32).astype(np.float64), lam)
+        extra = [dict(p.extra) for p in drawn]
         if n == 1:
             mode, lam, cut = np.repeat(mode, size), np.repeat(lam, size), np.repeat(cut, size, axis=0)
+            extra = extra * size
         itself = partner == np.arange(size)  # only in a batch of one
         mode = np.where(itself, _NONE, mode)
         unmixed = mode == _NONE
         lam = np.where(unmixed, 1.0, lam)
         cut = np.where(unmixed[:, None], 0, cut)
         partner = np.where(unmixed, np.arange(size), partner)
+        extra = [{} if u else e for u, e in zip(unmixed, extra)]
         return BatchParams(
             torch.from_numpy(partner), torch.from_numpy(mode.astype(np.int64)), torch.from_numpy(lam),
-            torch.from_numpy(cut), (height, width), self.per,
+            torch.from_numpy(cut), (height, width), self.per, tuple(extra),
         )
 
     # ---------------------------------------------------------------- entry points
@@ -653,7 +700,7 @@ class BatchMix:
         ``generator`` (or the one given to :class:`BatchMix`, or torch's default generator)."""
         generator = self._generator(generator)
         batch = _parse_batch(images, targets, self.box_keys, self.size_divisible)
-        params = self.make_params(batch.size, batch.canvas, generator)
+        params = self.make_params(batch.size, batch.canvas, generator, partners=lambda j: _host_sample(batch, j))
         return self._apply(batch, params)
 
     def apply(
@@ -670,11 +717,11 @@ class BatchMix:
             raise ValueError(
                 f"params were drawn for canvas {params.canvas} but the batch's padded canvas is {batch.canvas}"
             )
-        modes = set(params.modes)
-        if "cutmix" in modes and self.recipe.cutmix is None:
-            raise ValueError(f"params ask for CutMix but recipe {self.recipe.name!r} has no 'cutmix' section")
-        if "mixup" in modes and self.recipe.mixup is None:
-            raise ValueError(f"params ask for MixUp but recipe {self.recipe.name!r} has no 'mixup' section")
+        for name in set(params.modes):
+            if get_mode(name).config is not None and self.recipe.section(name) is None:
+                raise ValueError(
+                    f"params ask for mode {name!r} but recipe {self.recipe.name!r} has no {name!r} section"
+                )
         return self._apply(batch, params)
 
     # ---------------------------------------------------------------- the batch
@@ -684,16 +731,25 @@ class BatchMix:
         if batch.size == 0:
             return batch.images, []
         dev = batch.device
-        mode, partner = params.mode.numpy(), params.partner.numpy()
+        true_partner = params.partner.numpy()
+        # Modes without a vectorised path ("pairwise") are run pair by pair at the end; the batch
+        # pass treats their images as unmixed.
+        kinds = _kinds(params.mode.numpy())
+        pairwise = np.array([k is None for k in kinds]) & (params.mode.numpy() != _NONE)
+        mode = np.where(pairwise, _NONE, params.mode.numpy())
+        partner = np.where(pairwise, np.arange(batch.size), true_partner)
+        blend = (kinds == "blend") & ~pairwise
+        cuts = np.where(pairwise[:, None], 0, params.cut.numpy())
         counts = batch.counts
-        rows = _rows(counts, mode, partner)
+        rows = _rows(counts, mode, partner, blend)
         total, num_cut = len(rows.src), rows.num_cut
 
         # What the device needs from the host: the row tables and the parameters, in two copies.
         heights, widths = np.repeat(batch.sizes[:, 0], counts), np.repeat(batch.sizes[:, 1], counts)
-        parts = (rows.src, rows.out, rows.source, rows.mode, partner, params.cut.numpy().reshape(-1), widths, heights)
+        parts = (rows.src, rows.out, rows.source, rows.mode, partner, cuts.reshape(-1), widths, heights, true_partner)
         ints = _to_device(np.concatenate(parts).astype(np.int64), dev)
-        src, out_img, source, row_mode, partner_t, cut_t, lim_w, lim_h = torch.split(ints, [len(p) for p in parts])
+        src, out_img, source, row_mode, partner_t, cut_t, lim_w, lim_h, true_partner_t = torch.split(
+            ints, [len(p) for p in parts])
         cut_t = cut_t.reshape(-1, 4)
         lam64 = params.lam.numpy()
         floats = _to_device(np.stack([lam64, 1.0 - lam64]), dev)
@@ -722,14 +778,15 @@ class BatchMix:
             else:
                 b, vis = F.cutmix_boxes(row_boxes[sl], cut_rows, pasted[sl])
             new_boxes.append(b)
-            reason, weight = _cut_reasons_and_weights(self.recipe, b, vis, share[sl], row_mode[sl], rows.mode[sl])
+            reason, weight = _rules(self.recipe, "cut", b, vis, share[sl], row_mode[sl], rows.mode[sl])
             reasons.append(reason)
             weights.append(weight)
-        if total > num_cut:  # MixUp images: geometry unchanged, rules on each image's share
+        if total > num_cut:  # blended images: geometry unchanged, rules on each image's share
             sl = slice(num_cut, total)
-            cfg = self.recipe.mixup
-            reasons.append(F.mixup_drop_reasons(share[sl], min_weight=cfg.min_weight))
-            weights.append(F.box_weights(cfg.weight, share[sl], share[sl]))
+            reason, weight = _rules(self.recipe, "blend", row_boxes[sl], share[sl], share[sl], row_mode[sl],
+                                    rows.mode[sl])
+            reasons.append(reason)
+            weights.append(weight)
             new_boxes.append(row_boxes[sl])
             if masks is not None:
                 new_masks.append(masks[sl])
@@ -749,7 +806,7 @@ class BatchMix:
         kept_t, kept_src, kept_source = torch.split(gather, [len(kept)] * 3)
 
         out_targets = self._targets(
-            batch, per_image, partner_t,
+            batch, per_image, true_partner_t,
             boxes=new_boxes_t.index_select(0, kept_t),
             labels=torch.cat(batch.labels).index_select(0, kept_src),
             masks=None if masks_t is None else _take(masks_t, kept_t),
@@ -757,10 +814,51 @@ class BatchMix:
             source=kept_source,
             extras={k: _take(torch.cat(v), kept_src) for k, v in batch.per_box.items()},
         )
-        self._mix_crowd(batch, params, out_targets)
-        return self._images(batch, mode, partner, partner_t, cut_t, floats[0]), out_targets
+        self._mix_crowd(batch, params, out_targets, pairwise)
+        overrides = self._pairwise(batch, params, np.flatnonzero(pairwise), out_targets) if pairwise.any() else {}
+        return self._images(batch, mode, blend, partner, partner_t, cut_t, floats[0], overrides), out_targets
 
-    def _mix_crowd(self, batch: _Batch, params: BatchParams, targets: list[dict[str, Any]]) -> None:
+    def _pairwise(self, batch: _Batch, params: BatchParams, images: np.ndarray,
+                  targets: list[dict[str, Any]]) -> dict[int, torch.Tensor]:
+        """Outputs of the images whose mode has no vectorised batch path: the mode's own kernel
+        (:meth:`detmix.modes.Mode.apply`) on the padded pair, as every other face runs it. Their
+        targets are replaced in ``targets``; their pixels are returned by image index."""
+        x = _padded(batch, self.fill)
+        boxes, _ = _flat_xyxy(batch)
+        boxes = list(boxes.split(batch.counts.tolist()))
+        height, width = batch.canvas
+        keys = tuple(batch.per_box)
+        pixels = {}
+        for i in images.tolist():
+            j = int(params.partner[i])
+            pair = params.pair(i)
+            mode = get_mode(pair.mode)
+            a, b = (_device_sample(batch, x, boxes, k, keys) for k in (i, j))
+            out = mode.apply(a, b, pair, self.recipe.section(pair.mode), box_keys=keys)
+            pixels[i] = out["image"]
+            given = batch.targets[i]
+            new = {k: v for k, v in given.items() if k not in _RESERVED and k not in _OUTPUT_KEYS and k not in keys}
+            fmt = batch.formats[i]
+            out_boxes = out["boxes"] if fmt in (None, _XYXY) else TF.convert_bounding_box_format(out["boxes"], _XYXY, fmt)
+            value = given["boxes"]
+            new["boxes"] = (tv_tensors.wrap(out_boxes, like=value, canvas_size=batch.canvas)
+                            if isinstance(value, tv_tensors.BoundingBoxes) else out_boxes)
+            new["labels"] = out["labels"]
+            if "masks" in out:
+                like = given.get("masks")
+                new["masks"] = tv_tensors.wrap(out["masks"], like=like) if isinstance(like, tv_tensors.TVTensor) else out["masks"]
+            for key in keys:
+                new[key] = out[key]
+            for key in CROWD_KEYS:
+                if key in out:
+                    new[key] = out[key]
+            new["weights"] = out["weights"]
+            new["mix_source"] = out["source"]
+            new["mix_partner"] = params.partner[i].to(batch.device)
+            targets[i] = new
+        return pixels
+
+    def _mix_crowd(self, batch: _Batch, params: BatchParams, targets: list[dict[str, Any]], pairwise: np.ndarray) -> None:
         """Each output's crowd regions, from its own image and its partner's by
         :func:`detmix.functional.mix_crowd` on the padded canvas. One call per image with crowd
         keys (crowd regions are few); the parameters are on the host already, so nothing
@@ -768,17 +866,18 @@ class BatchMix:
         if all(c is None for c in batch.crowd):
             return
         height, width = batch.canvas
+        kinds = _kinds(params.mode.numpy())
         for i, target in enumerate(targets):
+            if pairwise[i]:  # the mode's own kernel mixes them
+                continue
             j = int(params.partner[i])
             pair = self._padded_crowd(batch, i), self._padded_crowd(batch, j) if j != i else None
             if pair[0] is None and pair[1] is None:
                 continue
-            mode = MODES[int(params.mode[i])]
-            if mode == "mixup":
+            if kinds[i] == "blend":
                 mixed = F.mix_crowd(*pair, height, width, lam=float(params.lam[i]))
-            else:
-                cut = tuple(int(v) for v in params.cut[i].tolist()) if mode == "cutmix" else (0, 0, 0, 0)
-                mixed = F.mix_crowd(*pair, height, width, cut=cut)
+            else:  # a cut box (zeros for an unmixed image)
+                mixed = F.mix_crowd(*pair, height, width, cut=tuple(int(v) for v in params.cut[i].tolist()))
             boxes = mixed["crowd_boxes"]
             given = batch.targets[i].get("crowd_boxes")
             if isinstance(given, tv_tensors.BoundingBoxes):
@@ -799,8 +898,8 @@ class BatchMix:
             return crowd
         return Crowd(crowd.boxes, _pad_to(crowd.mask, height, width), _pad_to(crowd.masks, height, width))
 
-    def _images(self, batch: _Batch, mode: np.ndarray, batch_partner: np.ndarray, partner: torch.Tensor,
-                cut: torch.Tensor, lam: torch.Tensor):
+    def _images(self, batch: _Batch, mode: np.ndarray, blend: np.ndarray, batch_partner: np.ndarray,
+                partner: torch.Tensor, cut: torch.Tensor, lam: torch.Tensor, overrides: dict[int, torch.Tensor]):
         x = _padded(batch, self.fill)
         if (mode == _NONE).all():
             out = x
@@ -809,7 +908,7 @@ class BatchMix:
             size = x.shape[0]
             chunk = size if x.device.type != "cpu" else max(1, _CPU_CHUNK_BYTES // (x[0].numel() * 4))
             if chunk >= size:
-                out = _mix_pixels(x, _take(x, partner), cut, lam4, mode)
+                out = _mix_pixels(x, _take(x, partner), cut, lam4, blend)
             else:  # CPU: chunks whose float32 temporaries stay small (see _CPU_CHUNK_BYTES)
                 out = torch.empty_like(x)
                 host_partner = batch_partner if chunk == 1 else None
@@ -820,7 +919,12 @@ class BatchMix:
                         b = x[j : j + 1]
                     else:
                         b = _take(x, partner[sl])
-                    out[sl] = _mix_pixels(x[sl], b, cut[sl], lam4[sl], mode[sl])
+                    out[sl] = _mix_pixels(x[sl], b, cut[sl], lam4[sl], blend[sl])
+        if overrides:
+            if out is x:  # never write into the caller's tensor
+                out = x.clone()
+            for i, pixels in overrides.items():
+                out[i] = pixels
         images = batch.images
         if isinstance(images, torch.Tensor):
             return tv_tensors.wrap(out, like=images) if isinstance(images, tv_tensors.TVTensor) else out
@@ -869,11 +973,11 @@ class BatchMix:
 _CPU_CHUNK_BYTES = 8 << 20
 
 
-def _mix_pixels(a, b, cut, lam4, mode) -> torch.Tensor:
-    """Output pixels of the images ``a`` with partners ``b``: MixUp images through
-    :func:`~detmix.functional.mixup_image`, the others through
-    :func:`~detmix.functional.cutmix_image` (unmixed and MixUp images have an empty cut)."""
-    is_mixup = mode == _MIXUP
+def _mix_pixels(a, b, cut, lam4, blend) -> torch.Tensor:
+    """Output pixels of the images ``a`` with partners ``b``: blended images (``blend``, host
+    bools) through :func:`~detmix.functional.mixup_image`, the others through
+    :func:`~detmix.functional.cutmix_image` (unmixed and blended images have an empty cut)."""
+    is_mixup = blend
     if is_mixup.all():
         return F.mixup_image(a, b, lam4)
     out = F.cutmix_image(a, b, cut, "CHW")
@@ -899,24 +1003,20 @@ def _cat(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _cut_reasons_and_weights(recipe: Recipe, boxes, visibility, share, row_mode, host_mode):
-    """Drop reasons and weights of CutMix rows: the recipe's thresholds and weight mode for
-    CutMix images, none and hard weights for unmixed ones (as :func:`detmix.apply_params`)."""
-    has_cut, has_none = bool((host_mode == _CUTMIX).any()), bool((host_mode == _NONE).any())
-    if has_cut:
-        cfg = recipe.cutmix
-        reason = F.drop_reasons(
-            boxes, visibility, min_visibility=cfg.min_visibility, min_area=cfg.min_area, min_size=cfg.min_size
-        )
-        weight = F.box_weights(cfg.weight, visibility, share)
-    if has_none:
-        reason_none = F.drop_reasons(boxes, visibility, min_visibility=0.0, min_area=0.0, min_size=0.0)
-        weight_none = F.box_weights("hard", visibility, share)
-        if not has_cut:
-            return reason_none, weight_none
-        unmixed = row_mode == _NONE
-        reason = torch.where(unmixed, reason_none, reason)
-        weight = torch.where(unmixed, weight_none, weight)
+def _rules(recipe: Recipe, kind: str, boxes, visibility, share, row_mode, host_mode):
+    """Drop reasons and weights of the rows of one batch kind: each mode present among the rows
+    applies its own thresholds and weight mode from its recipe section
+    (:meth:`detmix.modes.Mode.row_rules`), combined with ``where`` on the device."""
+    names = mode_names()
+    reason = weight = None
+    for code in np.unique(host_mode):
+        mode = get_mode(names[int(code)])
+        r, w = mode.row_rules(recipe.section(mode.name) if mode.config is not None else None, boxes, visibility, share)
+        if reason is None:
+            reason, weight = r, w
+        else:
+            here = row_mode == int(code)
+            reason, weight = torch.where(here, r, reason), torch.where(here, w, weight)
     return reason, weight
 
 
@@ -1000,6 +1100,41 @@ def _padded(batch: _Batch, fill: float) -> torch.Tensor:
         for i, x in enumerate(batch.items):  # one device copy per image, no synchronisation
             out[i, :, : x.shape[1], : x.shape[2]].copy_(x)
     return out
+
+
+def _device_sample(batch: _Batch, x: torch.Tensor, boxes: list[torch.Tensor], i: int, keys: tuple[str, ...]) -> dict:
+    """Image ``i`` of the batch as a detmix sample on the padded canvas (torch, on its device)."""
+    height, width = batch.canvas
+    sample = {"image": x[i], "boxes": boxes[i], "labels": batch.labels[i]}
+    if batch.masks is not None:
+        sample["masks"] = _pad_to(batch.masks[i], height, width)
+    for key in keys:
+        sample[key] = batch.per_box[key][i]
+    crowd = BatchMix._padded_crowd(batch, i)
+    if crowd is not None:
+        sample["crowd_boxes"] = crowd.boxes
+        if crowd.mask is not None:
+            sample["crowd_mask"] = crowd.mask
+        if crowd.masks is not None:
+            sample["crowd_masks"] = crowd.masks
+    return sample
+
+
+def _host_sample(batch: _Batch, i: int) -> dict[str, Any]:
+    """Image ``i`` as a numpy sample on the padded canvas (HWC), for a draw that reads the
+    partner (SaliencyMix): a device->host copy of one image."""
+    height, width = batch.canvas
+    image = batch.items[i]
+    pixels = image.new_full((image.shape[0], height, width), 0)
+    pixels[:, : image.shape[1], : image.shape[2]] = image
+    boxes, fmt = batch.boxes[i], batch.formats[i]
+    if fmt not in (None, _XYXY):
+        boxes = TF.convert_bounding_box_format(boxes, fmt, _XYXY)
+    return {
+        "image": np.ascontiguousarray(_to_host(pixels).transpose(1, 2, 0)),
+        "boxes": _to_host(boxes.to(torch.float64)),
+        "labels": _to_host(batch.labels[i]),
+    }
 
 
 def _pad_to(m: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:

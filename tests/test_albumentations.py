@@ -197,8 +197,8 @@ def test_box_edge_on_a_cut_edge_survives_float32_rounding(monkeypatch):
     import detmix.albumentations as adapter
 
     assert np.float64(np.float32(3 / 426)) * 426 < 3
-    cut = MixParams("cutmix", 0.0, (0, 3, 640, 10), (426, 640))
-    monkeypatch.setattr(adapter, "sample_params", lambda *args: cut)
+    cut = MixParams("cutmix", 1 - 640 * 7 / (426 * 640), (0, 3, 640, 10), (426, 640))
+    monkeypatch.setattr(adapter, "draw_params", lambda *args: cut)
     mix = BoxCutMix(p=1.0)
     item = {"image": np.zeros((426, 640, 3), np.uint8), "bboxes": [[0, 3, 640, 50]], "labels": [1], "ids": [0]}
     partner = {"image": np.ones((426, 640, 3), np.uint8), "bboxes": [[0, 20, 5, 25]], "labels": [2], "ids": [1]}

@@ -65,15 +65,22 @@ def test_switch_follows_probabilities():
 
 
 def test_params_record_round_trips_and_validates():
-    p = MixParams("cutmix", 0.75, (1, 2, 3, 4), (10, 20))
+    p = MixParams("cutmix", 0.98, (1, 2, 3, 4), (10, 20))
     assert MixParams.from_dict(p.to_dict()) == p
     assert yaml.safe_load(yaml.safe_dump(p.to_dict())) == p.to_dict()
-    with pytest.raises(ValueError, match="cut_box must be given for mode 'cutmix'"):
+    with pytest.raises(ValueError, match=r"cut_box must be given for the modes \[.*'cutmix'.*\] and only then"):
         MixParams("cutmix", 0.5)
     with pytest.raises(ValueError, match=r"lam must be in \[0, 1\], got 1.5"):
         MixParams("mixup", 1.5)
-    with pytest.raises(ValueError, match="mode must be 'none', 'mixup' or 'cutmix'"):
+    with pytest.raises(ValueError, match=r"mode must be one of \('none', 'mixup', 'cutmix'"):
         MixParams("mosaic", 0.5)
+    # each mode checks its own record: a cut box's lam is its area's, none has lam 1
+    with pytest.raises(ValueError, match=r"lam must be 1 - area\(cut_box\) / \(height \* width\) = 0.98 .* got 0.75"):
+        MixParams("cutmix", 0.75, (1, 2, 3, 4), (10, 20))
+    with pytest.raises(ValueError, match="lam must be 1 for mode 'none'"):
+        MixParams("none", 0.5)
+    with pytest.raises(ValueError, match=r"mode 'mixup' takes the parameters \[\] .* unknown: \['seed'\]"):
+        MixParams.from_dict({"mode": "mixup", "lam": 0.5, "seed": 3})
 
 
 # ---------------------------------------------------------------- recipes
@@ -124,7 +131,9 @@ def test_recipes_dir_adds_to_the_packaged_recipes(tmp_path, monkeypatch):
         ({"mixup": {"alpha": "2"}}, r"mixup.alpha\n  Input should be a valid number"),
         ({"prob": True, "mixup": {}}, r"prob\n  Input should be a valid number"),
         ({"cutmix": {"min_area": "1e3"}}, r"cutmix.min_area\n  Input should be a valid number"),
-        ({}, r"a recipe needs 'mixup', 'cutmix' or both"),
+        ({}, r"a recipe needs at least one mode section of \['mixup', 'cutmix'"),
+        ({"mixup": {}, "blur": {}}, r"unknown recipe key 'blur': a recipe has \['name', .*\] and one section per mode"),
+        ({"mixup": {}, "odds": {"cutmix": 1}}, r"odds names \['cutmix'\], which the recipe has no section for"),
         ({"mixup": {}, "align": "crop"}, r"align\n  Input should be 'pad' or 'resize'"),
     ],
 )
@@ -209,7 +218,7 @@ def test_apply_params_checks_the_canvas_and_the_recipe():
     a, b = make_sample(10, 10), make_sample(10, 10)
     with pytest.raises(ValueError, match=r"drawn for canvas \(20, 20\) but a has canvas \(10, 10\)"):
         apply_params(a, b, MixParams("mixup", 0.5, None, (20, 20)), load_recipe("deit"))
-    with pytest.raises(ValueError, match="params ask for CutMix but recipe 'mixup' has no 'cutmix' section"):
+    with pytest.raises(ValueError, match="params ask for mode 'cutmix' but recipe 'mixup' has no 'cutmix' section"):
         apply_params(a, b, MixParams("cutmix", 0.5, (0, 0, 5, 10)), load_recipe("mixup"))
     none = apply_params(make_sample(10, 10, [[1, 1, 2, 2]]), make_sample(10, 10, [[0, 0, 9, 9]]),
                         MixParams("none", 1.0), load_recipe("deit"))

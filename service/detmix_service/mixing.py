@@ -27,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from detmix import mix_pair
+from detmix.mix import draw_params
+from detmix.modes import get_mode
 from detmix.align import align_canvas
 from detmix.coco import BOX_OVERSHOOT, box_overshoot
 from detmix.data import encode_rles
-from detmix.functional import DropReason, check_cut_box
+from detmix.functional import DropReason
 from detmix.recipes import Recipe
-from detmix.sampling import MixParams, sample_params
+from detmix.sampling import MixParams
 from detmix_service.cocoio import (
     CocoAnnotation,
     CocoCategory,
@@ -69,6 +71,11 @@ class SourceImage:
     @property
     def canvas(self) -> tuple[int, int]:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    @property
+    def bare(self) -> dict[str, Any]:
+        """The pixels alone as a sample (no annotation decoded): what a draw needs of the canvas."""
+        return {"image": self.pixels, "boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64)}
 
     @cached_property
     def objects(self) -> tuple[CocoAnnotation, ...]:
@@ -117,12 +124,14 @@ def draw_plan(images: Sequence[SourceImage], recipe: Recipe, rng: np.random.Gene
     """Pairs and parameters drawn from ``rng`` (see the module docstring for the order)."""
     size = len(images)
     if size == 1:
-        return Plan((0,), (MixParams("none", 1.0, None, images[0].canvas),), seed)
+        return Plan((0,), (get_mode("none").sample(rng, None, *images[0].canvas),), seed)
     order = rng.permutation(size)
     partner = np.empty(size, dtype=np.int64)
     partner[order] = np.roll(order, -1)
+    # The canvas is all a draw needs, unless a mode looks at the partner (then its whole sample).
+    reads = any(get_mode(name).reads_partner for name in recipe.sections())
     params = tuple(
-        sample_params(rng, recipe, *align_canvas(images[i].canvas, images[int(partner[i])].canvas, recipe.align))
+        draw_params(rng, recipe, images[i].bare, images[int(partner[i])].sample if reads else images[int(partner[i])].bare)
         for i in range(size)
     )
     return Plan(tuple(int(p) for p in partner), params, seed)
@@ -163,32 +172,21 @@ def _replayed_params(item: ImageParams, a: SourceImage, b: SourceImage, recipe: 
             f"{a.id} with partner {b.id} under align={recipe.align!r}",
             [*loc, "params", "canvas"],
         )
-    if p.mode != "none" and getattr(recipe, p.mode) is None:
+    try:
+        mode = get_mode(p.mode)
+    except ValueError as error:
+        raise InvalidInput(f"image {a.id}: params.{error}", [*loc, "params", "mode"]) from None
+    if mode.config is not None and recipe.section(p.mode) is None:
         raise InvalidInput(
             f"image {a.id}: params.mode {p.mode!r} needs a {p.mode!r} section in recipe {recipe.name!r}",
             [*loc, "params", "mode"],
         )
-    if (p.mode == "cutmix") != (p.cut_box is not None):
-        raise InvalidInput(
-            f"image {a.id}: params.cut_box must be given for mode 'cutmix' and only then, got mode {p.mode!r}",
-            [*loc, "params", "cut_box"],
-        )
-    lam = p.lam
-    if p.mode == "cutmix":
-        try:
-            x1, y1, x2, y2 = check_cut_box(p.cut_box, *canvas)
-        except ValueError as error:
-            raise InvalidInput(f"image {a.id}: params.{error}", [*loc, "params", "cut_box"]) from None
-        lam = 1.0 - (x2 - x1) * (y2 - y1) / (canvas[0] * canvas[1])
-        if abs(lam - p.lam) > 1e-9:
-            raise InvalidInput(
-                f"image {a.id}: params.lam must be 1 - area(cut_box) / (height * width) = {lam!r} for this cut_box, "
-                f"got {p.lam!r}",
-                [*loc, "params", "lam"],
-            )
-    if p.mode == "none" and lam != 1.0:
-        raise InvalidInput(f"image {a.id}: params.lam must be 1 for mode 'none', got {lam!r}", [*loc, "params", "lam"])
-    return MixParams(p.mode, lam, None if p.cut_box is None else tuple(p.cut_box), canvas)
+    record = p.model_dump() | {"canvas": list(canvas)}
+    try:
+        return MixParams.from_dict(record)  # the mode checks its own parameters
+    except ValueError as error:
+        field = next((k for k in record if str(error).startswith(f"{k} ")), None)
+        raise InvalidInput(f"image {a.id}: params.{error}", [*loc, "params", *([field] if field else [])]) from None
 
 
 def clipped_boxes(images: Sequence[SourceImage]) -> list[dict[str, Any]]:
@@ -277,7 +275,7 @@ def mix_batch(
         lost = out["dropped"]
         rows = zip(lost["source"], lost["index"], lost["visibility"], lost["reason"], strict=True)
         for source, row, visibility, reason in rows:
-            if params.mode == "none" and source == 1:
+            if source == 1 and not get_mode(params.mode).partner_in_play(params):
                 continue  # nothing of the partner was in play
             origin = sources[int(source)]
             dropped.append({

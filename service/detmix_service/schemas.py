@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from detmix.recipes import Recipe
 from detmix_service.cocoio import MAX_ID, MAX_SIDE, CocoBatch, CocoCategory, Id
@@ -62,16 +62,28 @@ class OutputOptions(_Request):
 
 
 class MixParamsModel(_Request):
-    """:class:`detmix.MixParams` on the wire (``MixParams.to_dict()``)."""
+    """:class:`detmix.MixParams` on the wire (``MixParams.to_dict()``): a mode's own parameters
+    (ResizeMix's ``paste_box``, FMix's ``seed`` and ``decay``...) are further keys, checked by the
+    mode when the call is replayed."""
 
-    mode: Literal["none", "mixup", "cutmix"]
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False, frozen=True)
+
+    mode: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="a mode of GET /v1/recipes' recipes")
     lam: Unit = Field(description="share of the output that comes from the image itself")
     cut_box: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SIDE)]], Field(min_length=4, max_length=4)] | None = Field(
-        default=None, description="[x1, y1, x2, y2] half-open pixels, CutMix only"
+        default=None, description="[x1, y1, x2, y2] half-open pixels, for the modes that cut a box"
     )
     canvas: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SIDE)]], Field(min_length=2, max_length=2)] | None = Field(
         default=None, description="[height, width] the parameters were drawn for"
     )
+
+    @model_validator(mode="after")
+    def _small_extras(self) -> MixParamsModel:
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            values = value if isinstance(value, list) else [value]
+            if len(values) > 8 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"params.{key} must be a number or a list of at most 8 numbers, got {value!r:.80}")
+        return self
 
 
 class ImageParams(_Request):
