@@ -220,7 +220,8 @@ def _spool_error(error: OSError) -> InsufficientStorage:
     ),
     response_model=None,
     responses={200: {"model": MixResponse, "description": "the mixed batch"},
-               415: _error("not JSON or multipart, or an image that is not JPEG, PNG or WebP")},
+               415: _error("not JSON or multipart, or an image that is not JPEG, PNG or WebP"),
+               507: _error("no room left on the server to spool the multipart upload")},
     openapi_extra={"requestBody": MIX_BODY},
 )
 async def mix(request: Request, runtime: RuntimeDep) -> Response:
