@@ -258,6 +258,19 @@ class _BoxMix(DualTransform):
 
     # -- Albumentations hooks --------------------------------------------------------------------
 
+    def __call__(self, *args: Any, force_apply: bool = False, **kwargs: Any) -> Any:
+        """Albumentations' call, after refusing a ``crowd_mask`` that the Compose does not move.
+
+        Checked on every call, mixed or not: an unregistered ``crowd_mask`` is left where it was by
+        every other transform (a flip, a resize), so it no longer matches the image either way."""
+        if kwargs.get(CROWD_KEY) is not None and self._additional_targets.get(CROWD_KEY) != "mask":
+            raise ValueError(
+                f"{type(self).__name__}: the data has {CROWD_KEY!r} but the Compose does not register it as a mask "
+                f"target, so its transforms leave it behind while they move the image; register it: "
+                f"A.Compose(..., additional_targets={{{CROWD_KEY!r}: 'mask'}})"
+            )
+        return super().__call__(*args, force_apply=force_apply, **kwargs)
+
     def set_processors(self, processors: dict[str, Any]) -> None:
         """Take the Compose's processors and upgrade its bbox processor to :class:`MixBboxProcessor`."""
         _install_processor(processors)
@@ -842,6 +855,7 @@ def preview_grid(
         [A.HorizontalFlip(), mix, A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), p=0.7),
          A.RandomBrightnessContrast(p=0.5)],
         bbox_params=A.BboxParams(format=bbox_format, label_fields=["labels", "origin"], min_visibility=0.1),
+        additional_targets={CROWD_KEY: "mask"},
         seed=seed,
     )
     rng = np.random.default_rng(seed)

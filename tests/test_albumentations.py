@@ -78,7 +78,7 @@ def item_of(sample: dict[str, Any], fmt: str, *, masks: bool = True, labels: str
 
 def compose(transforms: list, fmt: str, *, seed: int | None = 0, **bbox: Any) -> A.Compose:
     return A.Compose(transforms, bbox_params=A.BboxParams(format=fmt, label_fields=["labels", "ids"], **bbox),
-                     seed=seed)
+                     additional_targets={"crowd_mask": "mask"}, seed=seed)
 
 
 def call(tf: A.Compose, item: dict[str, Any], partner: dict[str, Any]) -> dict[str, Any]:
@@ -407,7 +407,8 @@ def test_replay_compose_repeats_the_mix_exactly(photos):
     item, partner = item_of(photos[0], "coco", labels="str"), item_of(photos[2], "coco", labels="str", id_offset=1000)
     partner["labels"] = [f"partner-{label}" for label in partner["labels"]]
     tf = A.ReplayCompose([A.HorizontalFlip(p=1.0), BoxCutMix(p=1.0, lam_clamp=(0.2, 0.4), min_visibility=0.3)],
-                         bbox_params=A.BboxParams(format="coco", label_fields=["labels", "ids"]))
+                         bbox_params=A.BboxParams(format="coco", label_fields=["labels", "ids"]),
+                         additional_targets={"crowd_mask": "mask"})
     tf.set_random_seed(0)  # ReplayCompose takes no seed argument
     out = call(tf, item, partner)
     assert set(out["labels"]) - set(item["labels"]), "want a partner label the sample does not have"

@@ -6,6 +6,7 @@ annotation through every face and checks that they agree."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -245,6 +246,31 @@ def test_albumentations_refuses_a_crowd_mask_left_behind_by_a_resize():
 
     tf = A.Compose([A.LongestMaxSize(max_size=120), BoxCutMix(p=1.0)],
                    bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]), seed=1)
-    with pytest.raises(ValueError, match=r"crowd_mask must be one \(H, W\) mask on the image's canvas \(80, 120\), "
-                                         r"got shape \(40, 60\); register it as a mask target"):
+    with pytest.raises(ValueError, match=r"BoxCutMix: the data has 'crowd_mask' but the Compose does not register it "
+                                         r"as a mask target.*additional_targets=\{'crowd_mask': 'mask'\}"):
         tf(**_album_item(0, (20, 10, 40, 30)), mix_metadata=[_album_item(200, (0, 0, 60, 40))])
+
+
+@pytest.mark.parametrize("p", [1.0, 0.0], ids=["mixed", "not-mixed"])
+def test_albumentations_refuses_an_unregistered_crowd_mask_whether_or_not_it_mixes(coco_mini, p):
+    """A flip before the mix moved the image but not an unregistered crowd_mask: refused, naming the
+    fix, also on a call where the mix does not fire (p=0), which would pass the stale mask on."""
+    import albumentations as A
+
+    from detmix.albumentations import BoxCutMix
+    from detmix.datasets import CocoAlbumentationsDataset
+
+    coco = CocoAlbumentationsDataset(coco_mini / "annotations" / "instances_val2017.json", coco_mini / "val2017",
+                                     image_ids=[34417, 92660])
+    item, partner = coco[0], coco[1]
+    assert item["crowd_mask"].any()
+    bbox_params = A.BboxParams(format="coco", label_fields=["labels"])
+    tf = A.Compose([A.HorizontalFlip(p=1), BoxCutMix(p=p)], bbox_params=bbox_params, seed=0)
+    with pytest.raises(ValueError, match=re.escape("A.Compose(..., additional_targets={'crowd_mask': 'mask'})")):
+        tf(**item, mix_metadata=[partner])
+    registered = A.Compose([A.HorizontalFlip(p=1), BoxCutMix(p=p)], bbox_params=bbox_params,
+                           additional_targets={"crowd_mask": "mask"}, seed=0)
+    out = registered(**item, mix_metadata=[partner])
+    if p == 0.0:  # flipped with the image
+        np.testing.assert_array_equal(out["crowd_mask"], item["crowd_mask"][:, ::-1])
+    assert out["crowd_mask"].shape == out["image"].shape[:2]

@@ -276,7 +276,8 @@ def test_dataloader_with_two_workers(synthetic):
     the Compose has a fixed seed (every worker would otherwise repeat one stream)."""
     coco = CocoAlbumentationsDataset(synthetic.train_annotations, synthetic.train_images, bbox_format="yolo")
     tf = A.Compose([A.HorizontalFlip(), BoxMixUp(p=1.0, weight="lam")],
-                   bbox_params=A.BboxParams(format="yolo", label_fields=["labels"]), seed=7)
+                   bbox_params=A.BboxParams(format="yolo", label_fields=["labels"]),
+                   additional_targets={"crowd_mask": "mask"}, seed=7)
     dataset = MixDataset(coco, tf, bbox_format="yolo", seed=0)
     first, second = run_loader(dataset, seed=0, epochs=2)
     (again,) = run_loader(dataset, seed=0)
