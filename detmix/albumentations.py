@@ -218,7 +218,7 @@ class _MixUpSchema(_MixSchema):
 class _RecipeMixSchema(_MixSchema):
     model_config = ConfigDict(title="RecipeMix")
 
-    recipe: dict[str, Any]
+    recipe: Any  # a name, a path, a dict or a Recipe
 
     @model_validator(mode="after")
     def _as_recipe(self) -> _RecipeMixSchema:

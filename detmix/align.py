@@ -28,7 +28,7 @@ from array_api_compat import array_namespace
 from detmix._sample import Parsed, parse_sample
 from detmix.functional import check_cut_box
 
-__all__ = ["align_canvas", "align_pair", "canvas_size"]
+__all__ = ["align_canvas", "align_pair", "canvas_size", "place_sample", "resize_sample"]
 
 AlignMode = Literal["pad", "resize"]
 Window = tuple[int, int, int, int]
@@ -276,3 +276,58 @@ def align_pair(
         out.append(_with(s, image=_pad_image(p, height, width, fill, only), boxes=p.boxes, masks=masks,
                          **_aligned_crowd(p, height, width, resize=False)))
     return out[0], out[1]
+
+
+def resize_sample(sample: dict[str, Any], height: int, width: int, name: str = "sample") -> dict[str, Any]:
+    """``sample`` resized to ``height x width`` as ``align_pair(..., "resize")`` resizes a partner:
+    the image bilinear (antialiased when shrinking), boxes scaled, masks and crowd regions by
+    nearest neighbour. A new dict; the input is not modified."""
+    p = parse_sample(sample, name)
+    if (p.height, p.width) == (height, width):
+        return sample
+    masks = None if p.masks is None else _resize_masks(p.masks, height, width)
+    return _with(sample, image=_resize_image(p, height, width), boxes=_resize_boxes(p.boxes, (p.height, p.width), height, width),
+                 masks=masks, **_aligned_crowd(p, height, width, resize=True))
+
+
+def place_sample(sample: dict[str, Any], box: Sequence[int], height: int, width: int, *, fill: float = 0,
+                 name: str = "sample") -> dict[str, Any]:
+    """``sample`` (of the size of ``box``) placed at ``box = (x1, y1, x2, y2)`` on a
+    ``height x width`` canvas of ``fill``: pixels, boxes, masks and crowd regions shifted by
+    ``(x1, y1)``. A new dict; the input is not modified."""
+    p = parse_sample(sample, name)
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if (y2 - y1, x2 - x1) != (p.height, p.width):
+        raise ValueError(f"{name} must be the size of box {list(box)} ({y2 - y1}x{x2 - x1}), got {p.height}x{p.width}")
+    xp = p.xp
+    dev = getattr(p.boxes, "device", None)
+    if p.layout == "CHW":
+        shape = (p.image.shape[0], height, width)
+    elif p.layout == "HWC":
+        shape = (height, width, p.image.shape[2])
+    else:
+        shape = (height, width)
+    image = xp.full(shape, fill, dtype=p.image.dtype, device=getattr(p.image, "device", None))
+    if p.layout == "CHW":
+        image[:, y1:y2, x1:x2] = p.image
+    else:
+        image[y1:y2, x1:x2, ...] = p.image
+
+    def shifted(boxes: Any) -> Any:
+        return boxes + xp.asarray([x1, y1, x1, y1], dtype=boxes.dtype, device=dev)
+
+    def moved(masks: Any) -> Any:
+        out = xp.zeros((*masks.shape[:-2], height, width), dtype=masks.dtype, device=getattr(masks, "device", None))
+        out[..., y1:y2, x1:x2] = masks
+        return out
+
+    changes: dict[str, Any] = {"image": image, "boxes": shifted(p.boxes)}
+    if p.masks is not None:
+        changes["masks"] = moved(p.masks)
+    if p.crowd is not None:
+        changes["crowd_boxes"] = shifted(p.crowd.boxes)
+        if p.crowd.mask is not None:
+            changes["crowd_mask"] = moved(p.crowd.mask)
+        if p.crowd.masks is not None:
+            changes["crowd_masks"] = moved(p.crowd.masks)
+    return _with(sample, **changes)

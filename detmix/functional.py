@@ -37,6 +37,9 @@ __all__ = [
     "cutmix_boxes",
     "cutmix_image",
     "cutmix_masks",
+    "cutout",
+    "fmix_region",
+    "resizemix",
     "drop_reasons",
     "masks_to_boxes",
     "mixup",
@@ -650,4 +653,7 @@ def _assemble(
 # The sample functions live with their modes (detmix.modes.*), each mode one unit; they are part
 # of this namespace, the library's functional API. Imported last: the modes use the kernels above.
 from detmix.modes.cutmix import cutmix  # noqa: E402
+from detmix.modes.cutout import cutout  # noqa: E402
+from detmix.modes.fmix import fmix_region  # noqa: E402
 from detmix.modes.mixup import mixup  # noqa: E402
+from detmix.modes.resizemix import resizemix  # noqa: E402

@@ -58,7 +58,11 @@ def mix_pair(
     most of the work when ``b`` is resized."""
     if not isinstance(params, MixParams):
         raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
-    a, b = align_pair(a, b, recipe.align, fill=fill, window=get_mode(params.mode).window(params))
+    mode = get_mode(params.mode)
+    if mode.resizes_partner:  # the mode reads b at its own size: only a is brought onto the canvas
+        a = align_pair(a, b, recipe.align, fill=fill, window=(0, 0, 0, 0))[0]
+    else:
+        a, b = align_pair(a, b, recipe.align, fill=fill, window=mode.window(params))
     return apply_params(a, b, params, recipe, box_keys=box_keys)
 
 

@@ -833,7 +833,8 @@ class BatchMix:
             j = int(params.partner[i])
             pair = params.pair(i)
             mode = get_mode(pair.mode)
-            a, b = (_device_sample(batch, x, boxes, k, keys) for k in (i, j))
+            a = _device_sample(batch, x, boxes, i, keys)
+            b = _device_sample(batch, x, boxes, j, keys, padded=not mode.resizes_partner)
             out = mode.apply(a, b, pair, self.recipe.section(pair.mode), box_keys=keys)
             pixels[i] = out["image"]
             given = batch.targets[i]
@@ -1102,15 +1103,18 @@ def _padded(batch: _Batch, fill: float) -> torch.Tensor:
     return out
 
 
-def _device_sample(batch: _Batch, x: torch.Tensor, boxes: list[torch.Tensor], i: int, keys: tuple[str, ...]) -> dict:
-    """Image ``i`` of the batch as a detmix sample on the padded canvas (torch, on its device)."""
-    height, width = batch.canvas
-    sample = {"image": x[i], "boxes": boxes[i], "labels": batch.labels[i]}
+def _device_sample(batch: _Batch, x: torch.Tensor, boxes: list[torch.Tensor], i: int, keys: tuple[str, ...],
+                   padded: bool = True) -> dict:
+    """Image ``i`` of the batch as a detmix sample on the padded canvas (torch, on its device), or
+    at its own size (``padded=False``, for a mode that resizes the partner itself)."""
+    height, width = batch.canvas if padded else (int(v) for v in batch.sizes[i])
+    image = x[i] if padded else batch.items[i]
+    sample = {"image": image, "boxes": boxes[i], "labels": batch.labels[i]}
     if batch.masks is not None:
         sample["masks"] = _pad_to(batch.masks[i], height, width)
     for key in keys:
         sample[key] = batch.per_box[key][i]
-    crowd = BatchMix._padded_crowd(batch, i)
+    crowd = BatchMix._padded_crowd(batch, i) if padded else batch.crowd[i]
     if crowd is not None:
         sample["crowd_boxes"] = crowd.boxes
         if crowd.mask is not None:

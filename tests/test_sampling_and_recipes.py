@@ -104,19 +104,20 @@ def test_recipes_dir_adds_to_the_packaged_recipes(tmp_path, monkeypatch):
     (tmp_path / "deit.yaml").write_text("description: a retuned deit\ncutmix: {alpha: 2.0}\n")
     monkeypatch.setenv("DETMIX_RECIPES_DIR", str(tmp_path))
     recipes = builtin_recipes()
-    assert list(recipes) == ["cutmix", "deit", "mine", "mixup"]
+    assert list(recipes) == ["cutmix", "cutout", "deit", "fmix", "mine", "mixup", "resizemix", "saliencymix"]
     assert recipes["mine"].mixup.alpha == 0.3 and recipes["mine"].name == "mine"
     assert recipes["deit"].description == "a retuned deit" and recipes["deit"].mixup is None
     assert RandomMix("mine").recipe == recipes["mine"]
     assert load_recipe("cutmix").cutmix.min_visibility == 0.25
-    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'deit', 'mine', 'mixup'\] .* got 'nope'"):
+    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'cutout', 'deit', 'fmix', 'mine', 'mixup', 'resizemix', 'saliencymix'\] .* got 'nope'"):
         load_recipe("nope")
     monkeypatch.setenv("DETMIX_RECIPES_DIR", str(tmp_path / "absent"))
     with pytest.raises(ValueError, match=r"DETMIX_RECIPES_DIR must be a folder of recipe YAML files, got '.*absent'"):
         builtin_recipes()
     monkeypatch.delenv("DETMIX_RECIPES_DIR")
-    assert list(builtin_recipes()) == ["cutmix", "deit", "mixup"]
-    assert list(builtin_recipes(tmp_path)) == ["cutmix", "deit", "mine", "mixup"]
+    packaged = ["cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"]
+    assert list(builtin_recipes()) == packaged
+    assert list(builtin_recipes(tmp_path)) == sorted([*packaged, "mine"])
 
 
 @pytest.mark.parametrize(
@@ -149,7 +150,7 @@ def test_recipe_files_and_names(tmp_path):
     path.write_text("mixup: {alpha: -1}\n")
     with pytest.raises(ValueError, match=r"recipe file .*mine.yaml is invalid"):
         load_recipe(path)
-    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'deit', 'mixup'.*got 'nope'"):
+    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'cutout', 'deit', .*got 'nope'"):
         load_recipe("nope")
     path.write_text("cutmix: {min_area: '1000', alpha: yes}\n")  # a string and a boolean: no numbers
     with pytest.raises(ValueError, match=r"(?s)cutmix.alpha\n  Input should be a valid number.*"

@@ -51,6 +51,8 @@ class Mode:
         uses_cut_box: whether ``MixParams.cut_box`` is given (and only then).
         batch_kind: see :data:`BatchKind`.
         reads_partner: the sampler looks at the partner's pixels or boxes (SaliencyMix).
+        resizes_partner: the kernel reads the partner at its own size (ResizeMix): it is not
+            aligned to the canvas first.
     """
 
     name: ClassVar[str]
@@ -59,6 +61,7 @@ class Mode:
     uses_cut_box: ClassVar[bool] = False
     batch_kind: ClassVar[BatchKind] = None
     reads_partner: ClassVar[bool] = False
+    resizes_partner: ClassVar[bool] = False
 
     def sample(self, rng: Any, cfg: Any, height: int, width: int, partner: dict[str, Any] | None = None) -> MixParams:
         """Draw the parameters of one mix on a ``height x width`` canvas from the numpy
@@ -148,5 +151,9 @@ def mode_names() -> tuple[str, ...]:
 from detmix.modes import none as _none  # noqa: E402,F401
 from detmix.modes import mixup as _mixup  # noqa: E402,F401
 from detmix.modes import cutmix as _cutmix  # noqa: E402,F401
+from detmix.modes import cutout as _cutout  # noqa: E402,F401
+from detmix.modes import resizemix as _resizemix  # noqa: E402,F401
+from detmix.modes import fmix as _fmix  # noqa: E402,F401
+from detmix.modes import saliencymix as _saliencymix  # noqa: E402,F401
 
 _BUILTIN = frozenset(_REGISTRY)
