@@ -111,7 +111,7 @@ def long_polygon(points: int, digits: bool = False):
 
 
 def noise_rle(side: int):
-    from detmix.data import encode_rle
+    from detmix.rle import encode_rle
 
     mask = np.random.default_rng(0).random((side, side)) < 0.5
     rle = encode_rle(mask)

@@ -44,7 +44,7 @@ def _preview(args: argparse.Namespace) -> int:
     if (args.annotations is None) != (args.images is None):
         raise SystemExit("detmix preview: --annotations and --images go together")
     if args.annotations is None:
-        from detmix.data import default_dataset
+        from detmix.synthetic import default_dataset
 
         dataset = default_dataset()
         args.annotations, args.images = dataset.train_annotations, dataset.train_images
@@ -69,7 +69,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from detmix.data import default_dataset, make_synthetic_coco
+    from detmix.synthetic import default_dataset, make_synthetic_coco
 
     dataset = default_dataset() if args.out is None else make_synthetic_coco(args.out, seed=args.seed)
     print(f"synthetic COCO dataset at {dataset.root}")

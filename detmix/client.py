@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from detmix.data import decode_rle
+from detmix.rle import decode_rle
 
 __all__ = ["AsyncDetmixClient", "DetmixClient", "MixedBatch", "ServiceBatches", "ServiceError", "batch_seed"]
 

@@ -2,7 +2,7 @@
 
 :class:`CocoDetectionSource` is a map-style dataset (``len(source)``, ``source[i]``) over a COCO
 annotation file and its image folder: COCO 2017 itself, or the synthetic dataset of
-:mod:`detmix.data`. Each item is a detmix sample::
+:mod:`detmix.synthetic`. Each item is a detmix sample::
 
     {"image": (H, W, 3) uint8 RGB, "boxes": (N, 4) float32 xyxy, "labels": (N,) int64,
      "masks": (N, H, W) uint8,            # when masks=True
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from detmix.data import decode_rle
+from detmix.rle import decode_rle
 
 __all__ = ["BOX_OVERSHOOT", "CocoDetectionSource", "annotations_to_target", "box_overshoot", "decode_masks"]
 
@@ -302,7 +302,7 @@ def annotations_to_target(
 def decode_masks(annotations: Sequence[Mapping[str, Any]], height: int, width: int) -> np.ndarray:
     """Polygons / RLE of COCO annotations -> (N, H, W) uint8, read as pycocotools' ``annToRLE``
     reads them (polygons merged, uncompressed RLE compressed) and decoded by
-    :func:`detmix.data.decode_rle` (pycocotools' own decode warns under numpy 2)."""
+    :func:`detmix.rle.decode_rle` (pycocotools' own decode warns under numpy 2)."""
     masks = np.zeros((len(annotations), height, width), dtype=np.uint8)
     if not annotations:
         return masks

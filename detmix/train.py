@@ -306,10 +306,10 @@ def _origin(args: argparse.Namespace, key: str) -> str:
 
 def resolve_data(args: argparse.Namespace) -> DataPaths:
     """The dataset of ``args``: explicit files first, then ``--data-path`` (COCO 2017 layout), else
-    the embedded synthetic dataset (:func:`detmix.data.default_dataset`)."""
+    the embedded synthetic dataset (:func:`detmix.synthetic.default_dataset`)."""
     explicit = {key: getattr(args, key) for key, _, _ in _SPLITS}
     if args.data_path is None and not any(v is not None for v in explicit.values()):
-        from detmix.data import default_dataset
+        from detmix.synthetic import default_dataset
 
         synthetic = default_dataset()
         return DataPaths("synthetic", synthetic.train_annotations, synthetic.train_images,

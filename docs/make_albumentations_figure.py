@@ -15,7 +15,7 @@ from pathlib import Path
 
 from detmix.albumentations import preview_grid
 from detmix.coco import CocoDetectionSource
-from detmix.data import default_dataset
+from detmix.synthetic import default_dataset
 from detmix.preview import save
 
 OUT = Path(__file__).resolve().parent / "images" / "albumentations-preview.png"

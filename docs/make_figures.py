@@ -14,7 +14,7 @@ import numpy as np
 
 from detmix import functional as F
 from detmix.coco import CocoDetectionSource
-from detmix.data import default_dataset
+from detmix.synthetic import default_dataset
 from detmix.preview import draw_sample, dropped_input_boxes, make_grid, preview_dataset, save
 
 OUT = Path(__file__).resolve().parent / "images"

@@ -555,7 +555,7 @@ def test_docs_snippet_runs(photos):
 
 def test_preview_grid_draws_the_pipeline_output(tmp_path):
     from detmix.coco import CocoDetectionSource
-    from detmix.data import make_synthetic_coco
+    from detmix.synthetic import make_synthetic_coco
     from detmix.albumentations import preview_grid
 
     data = make_synthetic_coco(tmp_path, num_train=3, num_val=1, image_size=(64, 96), seed=4, max_objects=3)

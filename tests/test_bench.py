@@ -166,7 +166,7 @@ def test_letterbox_keeps_the_aspect_and_pads_with_grey():
 
 @pytest.fixture(scope="module")
 def tiny_coco(tmp_path_factory):
-    from detmix.data import make_synthetic_coco
+    from detmix.synthetic import make_synthetic_coco
 
     return make_synthetic_coco(tmp_path_factory.mktemp("coco"), num_train=6, num_val=1, image_size=(48, 64), seed=3)
 

@@ -15,7 +15,8 @@ from PIL import Image
 pytest.importorskip("pycocotools", reason="CocoDetectionSource needs pycocotools")
 
 from detmix.coco import CocoDetectionSource  # noqa: E402
-from detmix.data import SyntheticCoco, decode_rle, make_synthetic_coco  # noqa: E402
+from detmix.rle import decode_rle
+from detmix.synthetic import SyntheticCoco, make_synthetic_coco  # noqa: E402
 
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
 needs_coco_mini = pytest.mark.skipif(

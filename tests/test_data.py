@@ -1,4 +1,4 @@
-"""Tests of detmix.data: the synthetic COCO dataset and the numpy RLE codec, checked against pycocotools."""
+"""Tests of detmix.synthetic (the synthetic COCO dataset) and detmix.rle (the numpy RLE codec), checked against pycocotools; detmix.data, the former name, still imports."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from detmix import data
-from detmix.data import CATEGORIES, SyntheticCoco, decode_rle, default_dataset, encode_rle, make_synthetic_coco
+from detmix import synthetic
+from detmix.rle import decode_rle, encode_rle
+from detmix.synthetic import CATEGORIES, SyntheticCoco, default_dataset, make_synthetic_coco
 
 maskUtils = pytest.importorskip("pycocotools.mask", reason="pycocotools is the reference for COCO validity")
 from pycocotools.coco import COCO  # noqa: E402
@@ -205,7 +206,7 @@ def test_default_dataset_is_complete_and_reused(dataset: SyntheticCoco, monkeypa
     def no_generation(*args: object, **kwargs: object) -> None:
         pytest.fail("a complete dataset was generated again")
 
-    monkeypatch.setattr(data, "make_synthetic_coco", no_generation)
+    monkeypatch.setattr(synthetic, "make_synthetic_coco", no_generation)
     root = dataset.root
     manifest = json.loads((root / "MANIFEST.json").read_text())
     assert len(manifest["files"]) == 2 + 48 + 16
@@ -260,14 +261,14 @@ def test_default_dataset_racing_callers_get_one_complete_dataset(
 ) -> None:
     # Both callers generate before either renames: one rename wins, the other finds it complete.
     barrier = threading.Barrier(2, timeout=120)
-    generate = data.make_synthetic_coco
+    generate = synthetic.make_synthetic_coco
 
     def generate_then_wait(*args: object, **kwargs: object) -> SyntheticCoco:
         made = generate(*args, **kwargs)
         barrier.wait()
         return made
 
-    monkeypatch.setattr(data, "make_synthetic_coco", generate_then_wait)
+    monkeypatch.setattr(synthetic, "make_synthetic_coco", generate_then_wait)
     target = tmp_path / "shared"
     results: list[object] = [None, None]
 
@@ -370,3 +371,10 @@ def test_encode_rle_errors() -> None:
         encode_rle(np.zeros((2, 2, 1), dtype=np.uint8))
     with pytest.raises(TypeError, match=r"mask must be bool or integer, got dtype float32"):
         encode_rle(np.zeros((2, 2), dtype=np.float32))
+
+
+def test_the_former_module_name_still_imports():
+    from detmix import data, rle, synthetic
+
+    assert data.decode_rle is rle.decode_rle and data.encode_rles is rle.encode_rles
+    assert data.default_dataset is synthetic.default_dataset and data.make_synthetic_coco is synthetic.make_synthetic_coco

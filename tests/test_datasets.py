@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from conftest import COCO_MINI, make_sample  # noqa: E402
 from detmix.albumentations import WEIGHTS_KEY, BoxCutMix, BoxMixUp  # noqa: E402
 from detmix.coco import CocoDetectionSource  # noqa: E402
-from detmix.data import make_synthetic_coco  # noqa: E402
+from detmix.synthetic import make_synthetic_coco  # noqa: E402
 from detmix.datasets import (  # noqa: E402
     CocoAlbumentationsDataset,
     MixDataset,

@@ -1,9 +1,9 @@
 """The vectorised mask paths, held bit for bit to their references.
 
-* :func:`detmix.data.decode_rle` / :func:`~detmix.data.encode_rle` / :func:`~detmix.data.encode_rles`
+* :func:`detmix.rle.decode_rle` / :func:`~detmix.rle.encode_rle` / :func:`~detmix.rle.encode_rles`
   against pycocotools, and the string reader against a transcription of maskApi.c's rleFrString
   loop (results and error messages alike);
-* :func:`~detmix.data.encode_rles` of instance masks, as the service answers them, against ``pycocotools.mask.encode``;
+* :func:`~detmix.rle.encode_rles` of instance masks, as the service answers them, against ``pycocotools.mask.encode``;
 * :func:`detmix.functional.cutmix_masks` with a cut of four ints (copy and slice assignment)
   against the same call with the cut as an array (``where``), on numpy and torch;
 * :func:`detmix.functional.masks_to_boxes` on uint8 masks of any values against the same masks
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from conftest import DEVICES, to_numpy
 from detmix import functional as F
-from detmix.data import _string_to_counts, decode_rle, encode_rle, encode_rles
+from detmix.rle import _string_to_counts, decode_rle, encode_rle, encode_rles
 
 maskUtils = pytest.importorskip("pycocotools.mask", reason="pycocotools is the reference for COCO RLE")
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from conftest import to_numpy, to_torch
 from detmix import functional as F
-from detmix.data import encode_rles
+from detmix.rle import encode_rles
 
 H, W = 120, 300  # a row of 300 pixels of 255 overflows the int16 row sums
 

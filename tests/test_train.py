@@ -42,7 +42,7 @@ def synthetic_env(tmp_path_factory: pytest.TempPathFactory):
     """The embedded dataset generated into a temporary folder, for this process and children."""
     mp = pytest.MonkeyPatch()
     mp.setenv("DETMIX_DATA_DIR", str(tmp_path_factory.mktemp("detmix-data") / "synthetic"))
-    from detmix.data import default_dataset
+    from detmix.synthetic import default_dataset
 
     yield default_dataset()
     mp.undo()

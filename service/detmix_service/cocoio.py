@@ -34,7 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from detmix.coco import BOX_OVERSHOOT, decode_masks
-from detmix.data import decode_rle
+from detmix.rle import decode_rle
 from detmix_service.budget import batch_cost, over_budget_message
 from detmix_service.errors import ErrorItem, InvalidInput, UnsupportedMediaType
 
@@ -503,7 +503,7 @@ def encode_image(pixels: np.ndarray, fmt: Literal["jpeg", "png"], quality: int) 
 def instance_masks(annotations: Sequence[CocoAnnotation], height: int, width: int) -> np.ndarray:
     """``(N, H, W)`` uint8 masks of validated annotations, decoded by the core's
     :func:`detmix.coco.decode_masks` (polygons merged by pycocotools, RLE by
-    :func:`detmix.data.decode_rle`). Validation guarantees a segmentation on every annotation
+    :func:`detmix.rle.decode_rle`). Validation guarantees a segmentation on every annotation
     whenever masks are asked for."""
     records = []
     for ann in annotations:

@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from detmix.coco import CocoDetectionSource
-from detmix.data import default_dataset
+from detmix.synthetic import default_dataset
 from detmix_service.budget import batch_cost, over_budget_message
 from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation, segmentation_sizes
 from detmix_service.errors import DatasetUnreadable, InvalidInput

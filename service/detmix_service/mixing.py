@@ -31,7 +31,7 @@ from detmix.mix import draw_params
 from detmix.modes import get_mode
 from detmix.align import align_canvas
 from detmix.coco import BOX_OVERSHOOT, box_overshoot
-from detmix.data import encode_rles
+from detmix.rle import encode_rles
 from detmix.functional import DropReason
 from detmix.recipes import Recipe
 from detmix.sampling import MixParams

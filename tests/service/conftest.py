@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from detmix.data import default_dataset
+from detmix.synthetic import default_dataset
 from detmix_service import Settings, create_app
 
 with warnings.catch_warnings():

@@ -26,7 +26,7 @@ from pycocotools import mask as mask_utils
 
 from detmix import MixParams, load_recipe, mix_pair
 from detmix.functional import DropReason
-from detmix.data import decode_rle
+from detmix.rle import decode_rle
 
 import detmix_service
 

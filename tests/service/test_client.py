@@ -14,7 +14,7 @@ from PIL import Image
 
 import detmix.client as client_module
 from detmix.client import AsyncDetmixClient, DetmixClient, ServiceError, batch_seed, parse_answer
-from detmix.data import encode_rle
+from detmix.rle import encode_rle
 
 
 def answer() -> dict:

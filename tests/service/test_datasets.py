@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detmix.data import make_synthetic_coco
+from detmix.synthetic import make_synthetic_coco
 from .servicekit import error_locs, error_text
 
 
