@@ -235,7 +235,8 @@ async def mix(request: Request, runtime: RuntimeDep) -> Response:
         form = None
         closing = _ClosingDelimiter(_paced(request, runtime).receive, request.headers.get("content-type", ""))
         try:
-            with runtime.uploads.receiving(settings.retry_after_s), anyio.move_on_after(deadline - anyio.current_time()):
+            remaining = deadline - anyio.current_time()
+            with runtime.uploads.receiving(settings.retry_after_s), anyio.move_on_after(remaining):
                 try:
                     form = await Request(request.scope, closing.receive).form(
                         max_files=settings.max_batch_images, max_fields=16, max_part_size=settings.max_body_bytes)
