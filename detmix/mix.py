@@ -21,11 +21,17 @@ from detmix.sampling import MixParams, sample_params
 __all__ = ["RandomMix", "apply_params", "draw_params", "mix_pair"]
 
 
+def _partners(b: Any) -> tuple[dict[str, Any], ...]:
+    """The partner samples: ``b`` itself, or each of a list or tuple of them."""
+    return tuple(b) if isinstance(b, (list, tuple)) else (b,)
+
+
 def apply_params(
-    a: dict[str, Any], b: dict[str, Any], params: MixParams, recipe: Recipe, *, box_keys: Sequence[str] | None = None
+    a: dict[str, Any], b: Any, params: MixParams, recipe: Recipe, *, box_keys: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Apply drawn ``params`` to an aligned pair with the thresholds and weight mode of
-    ``recipe``'s section for ``params.mode`` (``box_keys`` as in
+    """Apply drawn ``params`` to ``a`` and its partner ``b`` (a sequence of partners for a mode
+    that takes several, :attr:`detmix.modes.Mode.partners`), aligned, with the thresholds and
+    weight mode of ``recipe``'s section for ``params.mode`` (``box_keys`` as in
     :func:`detmix.functional.cutmix`): the mode's kernel (:mod:`detmix.modes`), whose result is
     :func:`detmix.functional.cutmix`'s keys, plus ``params``. Mode ``"none"`` returns ``a`` with
     weight 1 on every box and ``b``'s boxes in ``dropped``."""
@@ -34,17 +40,20 @@ def apply_params(
     if params.canvas is not None and tuple(params.canvas) != canvas_size(a):
         raise ValueError(f"params were drawn for canvas {tuple(params.canvas)} but a has canvas {canvas_size(a)}")
     mode = get_mode(params.mode)
+    partners = _partners(b)
+    if len(partners) != mode.partners:
+        raise ValueError(f"mode {params.mode!r} mixes a with {mode.partners} partner sample(s), got {len(partners)}")
     cfg = recipe.section(params.mode) if mode.config is not None else None
     if mode.config is not None and cfg is None:
         raise ValueError(f"params ask for mode {params.mode!r} but recipe {recipe.name!r} has no {params.mode!r} section")
-    out = mode.apply(a, b, params, cfg, box_keys)
+    out = mode.apply(a, partners, params, cfg, box_keys)
     out["params"] = params
     return out
 
 
 def mix_pair(
     a: dict[str, Any],
-    b: dict[str, Any],
+    b: Any,
     params: MixParams,
     recipe: Recipe,
     *,
@@ -55,26 +64,35 @@ def mix_pair(
     ``apply_params(*align_pair(a, b, recipe.align, fill=fill), params, recipe)``, but only the
     part of ``b``'s image that the mode reads is aligned (:meth:`detmix.modes.Mode.window`: a
     CutMix's cut box, nothing for ``none``; see :func:`detmix.align_pair`'s ``window``), which is
-    most of the work when ``b`` is resized."""
+    most of the work when ``b`` is resized. A mode that reads its partners at their own size
+    (:attr:`~detmix.modes.Mode.resizes_partner`: ResizeMix; every mode with several partners)
+    gets them as they are, and only ``a`` is brought onto the canvas."""
     if not isinstance(params, MixParams):
         raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
     mode = get_mode(params.mode)
-    if mode.resizes_partner:  # the mode reads b at its own size: only a is brought onto the canvas
-        a = align_pair(a, b, recipe.align, fill=fill, window=(0, 0, 0, 0))[0]
+    partners = _partners(b)
+    if mode.resizes_partner:
+        a = align_pair(a, partners[0], recipe.align, fill=fill, window=(0, 0, 0, 0))[0] if len(partners) == 1 else a
+    elif len(partners) != 1:
+        raise ValueError(f"mode {params.mode!r} takes {len(partners)} partners but does not place them itself "
+                         "(resizes_partner): only a pair can be aligned")
     else:
-        a, b = align_pair(a, b, recipe.align, fill=fill, window=mode.window(params))
-    return apply_params(a, b, params, recipe, box_keys=box_keys)
+        a, partners = align_pair(a, partners[0], recipe.align, fill=fill, window=mode.window(params))
+    return apply_params(a, partners, params, recipe, box_keys=box_keys)
 
 
-def draw_params(generator: Any, recipe: Recipe, a: dict[str, Any], b: dict[str, Any]) -> MixParams:
-    """:func:`detmix.sample_params` for the pair's canvas (:func:`detmix.align_canvas`). When one
-    of the recipe's modes reads the partner to draw (SaliencyMix), ``b`` is aligned first and
-    handed to it; otherwise nothing is aligned here."""
-    height, width = align_canvas(canvas_size(a, "a"), canvas_size(b, "b"), recipe.align)
-    partner = None
+def draw_params(generator: Any, recipe: Recipe, a: dict[str, Any], b: Any) -> MixParams:
+    """:func:`detmix.sample_params` for the canvas of ``a`` and its partner ``b`` (or partners)
+    (:func:`detmix.align_canvas`). When one of the recipe's modes reads the partners to draw
+    (SaliencyMix), they are aligned first and handed to it; otherwise nothing is aligned here."""
+    partners = _partners(b)
+    height, width = canvas_size(a, "a")
+    for k, partner in enumerate(partners):
+        height, width = align_canvas((height, width), canvas_size(partner, f"partners[{k}]"), recipe.align)
+    aligned: tuple[dict[str, Any], ...] = ()
     if any(get_mode(name).reads_partner for name in recipe.sections()):
-        partner = align_pair(a, b, recipe.align)[1]
-    return sample_params(generator, recipe, height, width, partner=partner)
+        aligned = tuple(align_pair(a, partner, recipe.align)[1] for partner in partners)
+    return sample_params(generator, recipe, height, width, partners=aligned)
 
 
 class RandomMix:

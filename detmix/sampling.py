@@ -14,7 +14,7 @@ the same seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -181,19 +181,19 @@ def sample_cut_box(generator: Any, lam: float, height: int, width: int) -> tuple
 
 
 def sample_params(
-    generator: Any, recipe: Recipe, height: int, width: int, partner: dict[str, Any] | None = None
+    generator: Any, recipe: Recipe, height: int, width: int, partners: Sequence[dict[str, Any]] = ()
 ) -> MixParams:
     """Draw one mix for a ``height x width`` canvas according to ``recipe``.
 
     With probability ``1 - recipe.prob`` nothing is mixed (mode ``none``); otherwise the recipe
     picks one of its modes (:meth:`detmix.recipes.Recipe.choose`: the DeiT switch for CutMix and
     MixUp) and the mode's sampler draws the rest. All draws come from ``generator``, in a fixed
-    order (apply?, which?, then the mode's own). ``partner`` (the partner sample, on the canvas)
-    is read by the modes whose draw looks at it (SaliencyMix); the others ignore it."""
+    order (apply?, which?, then the mode's own). ``partners`` (the partner samples, on the
+    canvas) are read by the modes whose draw looks at them (SaliencyMix); the others ignore them."""
     from detmix.modes import get_mode
 
     rng = as_numpy_generator(generator)
     if rng.random() >= recipe.prob:
         return get_mode("none").sample(rng, None, height, width)
     name = recipe.choose(rng)
-    return get_mode(name).sample(rng, recipe.section(name), int(height), int(width), partner)
+    return get_mode(name).sample(rng, recipe.section(name), int(height), int(width), tuple(partners))

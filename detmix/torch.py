@@ -666,7 +666,7 @@ class BatchMix:
         # the cut box), once per batch or once per pair: the same rule as every other adapter.
         n = 1 if self.per == "batch" else size
         reads = partners is not None and any(get_mode(m).reads_partner for m in self.recipe.sections())
-        drawn = [sample_params(rng, self.recipe, height, width, partner=partners(int(partner[k])) if reads else None)
+        drawn = [sample_params(rng, self.recipe, height, width, partners=(partners(int(partner[k])),) if reads else ())
                  for k in range(n)]
         names = mode_names()
         mode = np.array([names.index(p.mode) for p in drawn], np.int64)
@@ -835,7 +835,7 @@ class BatchMix:
             mode = get_mode(pair.mode)
             a = _device_sample(batch, x, boxes, i, keys)
             b = _device_sample(batch, x, boxes, j, keys, padded=not mode.resizes_partner)
-            out = mode.apply(a, b, pair, self.recipe.section(pair.mode), box_keys=keys)
+            out = mode.apply(a, (b,), pair, self.recipe.section(pair.mode), box_keys=keys)
             pixels[i] = out["image"]
             given = batch.targets[i]
             new = {k: v for k, v in given.items() if k not in _RESERVED and k not in _OUTPUT_KEYS and k not in keys}

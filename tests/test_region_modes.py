@@ -117,14 +117,14 @@ def test_saliencymix_centres_the_cut_on_the_salient_point_or_an_object():
     partner = {"image": image, "boxes": np.array([[5.0, 5.0, 15.0, 25.0]]), "labels": np.array([1])}
     mode = get_mode("saliencymix")
     cfg = load_recipe("saliencymix").saliencymix
-    params = mode.sample(np.random.default_rng(0), cfg.model_copy(update={"lam_clamp": (0.9, 0.9)}), 60, 80, partner)
+    params = mode.sample(np.random.default_rng(0), cfg.model_copy(update={"lam_clamp": (0.9, 0.9)}), 60, 80, (partner,))
     x1, y1, x2, y2 = params.cut_box
     assert x1 <= x < x2 and y1 <= y < y2
-    by_object = mode.sample(np.random.default_rng(0), cfg.model_copy(update={"centre": "object"}), 60, 80, partner)
+    by_object = mode.sample(np.random.default_rng(0), cfg.model_copy(update={"centre": "object"}), 60, 80, (partner,))
     x1, y1, x2, y2 = by_object.cut_box
     assert x1 <= 10 < x2 and y1 <= 15 < y2
-    with pytest.raises(ValueError, match="saliencymix centres its cut on the partner: pass partner="):
-        mode.sample(np.random.default_rng(0), cfg, 60, 80, None)
+    with pytest.raises(ValueError, match="saliencymix centres its cut on the partner: pass partners="):
+        mode.sample(np.random.default_rng(0), cfg, 60, 80, ())
 
 
 # ------------------------------------------------------------------ through every path, on photographs

@@ -332,7 +332,7 @@ def test_params_record():
     for change, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
             BatchParams(**{**base, **change})
-    with pytest.raises(ValueError, match=re.escape("mode must hold ('none', 'mixup', 'cutmix'), got ['mosaic']")):
+    with pytest.raises(ValueError, match=re.escape("mode must hold ('none', 'mixup', 'cutmix', 'cutout', 'resizemix', 'fmix', 'saliencymix'), got ['mosaic']")):
         BatchParams.from_dict({**p.to_dict(), "mode": ["mosaic"]})
 
 

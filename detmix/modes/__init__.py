@@ -12,8 +12,8 @@ Albumentations adapter, the service and ``detmix preview`` find it by name throu
     class Blackout(Mode):
         name = "blackout"
         config = BlackoutConfig          # its recipe section, a pydantic model
-        def sample(self, rng, cfg, height, width, partner=None): ...
-        def apply(self, a, b, params, cfg, box_keys=None): ...
+        def sample(self, rng, cfg, height, width, partners=()): ...
+        def apply(self, a, partners, params, cfg, box_keys=None): ...
 
     register(Blackout())
 
@@ -50,7 +50,10 @@ class Mode:
             ``canvas`` (e.g. ResizeMix's ``paste_box``), carried in ``MixParams.extra``.
         uses_cut_box: whether ``MixParams.cut_box`` is given (and only then).
         batch_kind: see :data:`BatchKind`.
-        reads_partner: the sampler looks at the partner's pixels or boxes (SaliencyMix).
+        partners: how many samples besides ``a`` the kernel takes: 1 for the pair modes (Cutout
+            takes one and reads none of it, so that every face can pair it), more for a mode
+            that mixes several images into one (Mosaic: 3).
+        reads_partner: the sampler looks at the partners' pixels or boxes (SaliencyMix).
         resizes_partner: the kernel reads the partner at its own size (ResizeMix): it is not
             aligned to the canvas first.
     """
@@ -60,20 +63,26 @@ class Mode:
     extra_keys: ClassVar[tuple[str, ...]] = ()
     uses_cut_box: ClassVar[bool] = False
     batch_kind: ClassVar[BatchKind] = None
+    partners: ClassVar[int] = 1
     reads_partner: ClassVar[bool] = False
     resizes_partner: ClassVar[bool] = False
 
-    def sample(self, rng: Any, cfg: Any, height: int, width: int, partner: dict[str, Any] | None = None) -> MixParams:
+    def sample(
+        self, rng: Any, cfg: Any, height: int, width: int, partners: Sequence[dict[str, Any]] = ()
+    ) -> MixParams:
         """Draw the parameters of one mix on a ``height x width`` canvas from the numpy
-        generator ``rng`` (the only place this mode draws random numbers). ``partner`` is the
-        partner sample on the same canvas, given when :attr:`reads_partner`."""
+        generator ``rng`` (the only place this mode draws random numbers). ``partners`` are the
+        partner samples on the same canvas, given when :attr:`reads_partner`."""
         raise NotImplementedError
 
     def apply(
-        self, a: dict[str, Any], b: dict[str, Any], params: MixParams, cfg: Any, box_keys: Sequence[str] | None = None
+        self, a: dict[str, Any], partners: Sequence[dict[str, Any]], params: MixParams, cfg: Any,
+        box_keys: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """Mix the aligned pair with ``params`` and the recipe section ``cfg``: a sample with the
-        keys of :func:`detmix.functional.cutmix`'s result."""
+        """Mix ``a`` with its :attr:`partners` samples (aligned to ``a``'s canvas unless
+        :attr:`resizes_partner`) by ``params`` and the recipe section ``cfg``: a sample with the
+        keys of :func:`detmix.functional.cutmix`'s result (``source`` 0 for ``a``, ``k`` for
+        ``partners[k - 1]``)."""
         raise NotImplementedError
 
     def check(self, params: MixParams) -> None:

@@ -141,7 +141,7 @@ class CutMix(Mode):
     uses_cut_box = True
     batch_kind = "cut"
 
-    def sample(self, rng: Any, cfg: CutMixConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: CutMixConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
         box, lam = sample_cut_box(rng, lam, height, width)
         return MixParams(self.name, lam, box, (int(height), int(width)))
@@ -149,8 +149,8 @@ class CutMix(Mode):
     def check(self, params: MixParams) -> None:
         check_cut_params(params)
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: CutMixConfig, box_keys: Any = None) -> dict:
-        return cutmix(a, b, params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: CutMixConfig, box_keys: Any = None) -> dict:
+        return cutmix(a, partners[0], params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                       min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 
     def window(self, params: MixParams) -> tuple[int, int, int, int]:

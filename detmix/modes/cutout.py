@@ -66,7 +66,7 @@ class Cutout(Mode):
     config = CutoutConfig
     uses_cut_box = True
 
-    def sample(self, rng: Any, cfg: CutoutConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: CutoutConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
         box, lam = sample_cut_box(rng, lam, height, width)
         return MixParams(self.name, lam, box, (int(height), int(width)))
@@ -74,7 +74,7 @@ class Cutout(Mode):
     def check(self, params: MixParams) -> None:
         check_cut_params(params)
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: CutoutConfig, box_keys: Any = None) -> dict:
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: CutoutConfig, box_keys: Any = None) -> dict:
         return cutout(a, params.cut_box, fill=cfg.fill, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                       min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 

@@ -52,7 +52,7 @@ class FMix(Mode):
     config = FMixConfig
     extra_keys = ("seed", "decay")
 
-    def sample(self, rng: Any, cfg: FMixConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: FMixConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
         count = int(round((1.0 - lam) * height * width))
         seed = int(rng.integers(0, 2**63 - 1))
@@ -76,14 +76,14 @@ class FMix(Mode):
         """The region of ``params`` (True where the partner shows)."""
         return fmix_region(params["seed"], params["decay"], params.lam, *params.canvas)
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: FMixConfig, box_keys: Any = None) -> dict:
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: FMixConfig, box_keys: Any = None) -> dict:
         region = self.region(params)
         p = parse_sample(a, "a", check_values=False)
         if p.kind == "torch":
             import torch
 
             region = torch.from_numpy(region).to(p.image.device)
-        return cutmix(a, b, region=region, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
+        return cutmix(a, partners[0], region=region, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                       min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 
 

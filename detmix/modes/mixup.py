@@ -66,14 +66,14 @@ class MixUp(Mode):
     config = MixUpConfig
     batch_kind = "blend"
 
-    def sample(self, rng: Any, cfg: MixUpConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: MixUpConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         return MixParams(self.name, sample_lam(rng, cfg.alpha, cfg.lam_clamp), None, (int(height), int(width)))
 
     def row_rules(self, cfg: MixUpConfig, boxes: Any, visibility: Any, share: Any) -> tuple[Any, Any]:
         return F.mixup_drop_reasons(share, min_weight=cfg.min_weight), F.box_weights(cfg.weight, share, share)
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: MixUpConfig, box_keys: Any = None) -> dict:
-        return mixup(a, b, params.lam, min_weight=cfg.min_weight, weight=cfg.weight, box_keys=box_keys)
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: MixUpConfig, box_keys: Any = None) -> dict:
+        return mixup(a, partners[0], params.lam, min_weight=cfg.min_weight, weight=cfg.weight, box_keys=box_keys)
 
 
 register(MixUp())

@@ -17,15 +17,15 @@ class NoMix(Mode):
     config = None
     batch_kind = "cut"  # a CutMix with an empty cut
 
-    def sample(self, rng: Any, cfg: Any, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: Any, height: int, width: int, partners: Any = ()) -> MixParams:
         return MixParams(self.name, 1.0, None, (int(height), int(width)))
 
     def check(self, params: MixParams) -> None:
         if params.lam != 1.0:
             raise ValueError(f"lam must be 1 for mode 'none' (nothing of the partner shows), got {params.lam!r}")
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: Any, box_keys: Any = None) -> dict:
-        return F.cutmix(a, b, (0, 0, 0, 0), min_visibility=0.0, min_area=0.0, min_size=0.0, weight="hard",
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: Any, box_keys: Any = None) -> dict:
+        return F.cutmix(a, partners[0], (0, 0, 0, 0), min_visibility=0.0, min_area=0.0, min_size=0.0, weight="hard",
                         box_keys=box_keys)
 
     def window(self, params: MixParams) -> tuple[int, int, int, int]:

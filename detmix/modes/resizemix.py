@@ -69,7 +69,7 @@ class ResizeMix(Mode):
     extra_keys = ("paste_box",)
     resizes_partner = True
 
-    def sample(self, rng: Any, cfg: ResizeMixConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: ResizeMixConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         tau = float(rng.uniform(cfg.scale[0], cfg.scale[1]))
         h, w = max(1, min(height, round(tau * height))), max(1, min(width, round(tau * width)))
         x1, y1 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
@@ -90,8 +90,8 @@ class ResizeMix(Mode):
         if abs(lam - params.lam) > 1e-9:
             raise ValueError(f"lam must be 1 - area(paste_box) / (height * width) = {lam!r}, got {params.lam!r}")
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: ResizeMixConfig, box_keys: Any = None) -> dict:
-        return resizemix(a, b, params["paste_box"], min_visibility=cfg.min_visibility, min_area=cfg.min_area,
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: ResizeMixConfig, box_keys: Any = None) -> dict:
+        return resizemix(a, partners[0], params["paste_box"], min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                          min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 
     def describe(self, params: MixParams) -> str:

@@ -76,10 +76,11 @@ class SaliencyMix(Mode):
     batch_kind = "cut"
     reads_partner = True
 
-    def sample(self, rng: Any, cfg: SaliencyMixConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: SaliencyMixConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
+        partner = partners[0] if partners else None
         if cfg.centre != "uniform" and partner is None:
-            raise ValueError("saliencymix centres its cut on the partner: pass partner= (the partner sample on the "
+            raise ValueError("saliencymix centres its cut on the partner: pass partners= (the partner sample on the "
                              "canvas), as detmix.draw_params does")
         boxes = None if partner is None else np.asarray(
             partner["boxes"].detach().cpu() if hasattr(partner["boxes"], "detach") else partner["boxes"],
@@ -97,8 +98,8 @@ class SaliencyMix(Mode):
     def check(self, params: MixParams) -> None:
         check_cut_params(params)
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: SaliencyMixConfig, box_keys: Any = None) -> dict:
-        return cutmix(a, b, params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: SaliencyMixConfig, box_keys: Any = None) -> dict:
+        return cutmix(a, partners[0], params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                       min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 
     def window(self, params: MixParams) -> tuple[int, int, int, int]:

@@ -60,7 +60,7 @@ class Stripe(Mode):
     config = StripeConfig
     uses_cut_box = True
 
-    def sample(self, rng: Any, cfg: StripeConfig, height: int, width: int, partner: Any = None) -> MixParams:
+    def sample(self, rng: Any, cfg: StripeConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         w = max(1, int(round((1 - float(rng.uniform(0.2, 0.6))) * width)))
         x1 = int(rng.integers(0, width - w + 1))
         return MixParams(self.name, 1 - w / width, (x1, 0, x1 + w, height), (height, width))
@@ -68,8 +68,8 @@ class Stripe(Mode):
     def check(self, params: MixParams) -> None:
         check_cut_params(params)
 
-    def apply(self, a: dict, b: dict, params: MixParams, cfg: StripeConfig, box_keys: Any = None) -> dict:
-        return cutmix(a, b, params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
+    def apply(self, a: dict, partners: Any, params: MixParams, cfg: StripeConfig, box_keys: Any = None) -> dict:
+        return cutmix(a, partners[0], params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                       min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 
 
