@@ -173,6 +173,7 @@ def to_albumentations_item(
             sample = {key: _numpy(value) if key in ("boxes", "labels", "masks") else value
                       for key, value in target.items()}
             sample["image"] = image
+            _crowd_rows_out(sample)
         elif isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
             sample = _coco_sample(image, target, masks, min_box_size)
         else:
@@ -202,6 +203,39 @@ def to_albumentations_item(
         if key in sample:
             out[key] = sample[key]
     return out
+
+
+def _crowd_rows_out(sample: dict[str, Any]) -> None:
+    """Move the rows flagged by ``iscrowd`` (torchvision's v2 COCO targets keep crowd regions
+    among the boxes) out of ``boxes``, ``labels`` and ``masks`` into the crowd keys, merged with
+    those already there: their boxes join ``crowd_boxes``, their masks ``crowd_mask``."""
+    flags = sample.get("iscrowd")
+    if flags is None:
+        return
+    boxes = np.asarray(sample["boxes"]).reshape(-1, 4)
+    crowd = np.asarray(_numpy(flags)).reshape(-1) != 0
+    if len(crowd) != len(boxes):
+        raise ValueError(f"target['iscrowd'] must have one value per box ({len(boxes)}), got {len(crowd)}")
+    if not crowd.any():
+        return
+    given = sample.get("crowd_boxes")
+    given = np.zeros((0, 4)) if given is None else np.asarray(_numpy(given), np.float64).reshape(-1, 4)
+    sample["crowd_boxes"] = np.concatenate([given, boxes[crowd].astype(np.float64)])
+    sample["boxes"] = boxes[~crowd]
+    if sample.get("labels") is not None:
+        sample["labels"] = np.asarray(sample["labels"])[~crowd]
+    masks = sample.get("masks")
+    if masks is not None:
+        height, width = masks.shape[1:]
+        union = (masks[crowd] != 0).any(axis=0)
+        if sample.get("crowd_mask") is not None:
+            union |= np.asarray(_numpy(sample["crowd_mask"])) != 0
+        elif sample.get("crowd_masks") is not None:
+            union |= (np.asarray(_numpy(sample["crowd_masks"])) != 0).any(axis=0)
+        elif len(given):  # regions given by their boxes alone: their pixels
+            union |= box_region_masks(given, height, width).any(axis=0)
+        sample["crowd_mask"] = union.astype(np.uint8)
+        sample["masks"] = masks[~crowd]
 
 
 def _crowd_mask(sample: Mapping[str, Any], masks: bool, height: int, width: int) -> np.ndarray | None:

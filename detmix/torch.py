@@ -331,7 +331,8 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
     if len(targets) != size:
         raise ValueError(f"targets must have one dict per image ({size} images), got {len(targets)} targets")
     if size == 0:
-        return [], [], [], None, {}, []
+        return [], [], [], None, {}, [], targets
+    targets = _crowd_rows_out(targets)
     device = items[0].device
     boxes, formats, labels, masks = [], [], [], []
     for i, (target, image) in enumerate(zip(targets, items)):
@@ -388,7 +389,78 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
         )
     per_box = _per_box_extras(targets, [b.shape[0] for b in boxes], box_keys, device)
     crowd = [_target_crowd(t, image, i, device) for i, (t, image) in enumerate(zip(targets, items))]
-    return boxes, formats, labels, (masks if have else None), per_box, crowd
+    return boxes, formats, labels, (masks if have else None), per_box, crowd, targets
+
+
+def _crowd_rows_out(targets: Sequence[Any]) -> list[Any]:
+    """``targets`` with the rows that ``iscrowd`` flags (torchvision's v2 COCO targets keep crowd
+    regions among the boxes) moved out of ``boxes``, ``labels``, ``masks`` and the other per-box
+    values into ``crowd_boxes`` (and, with masks, ``crowd_masks``), merged with the crowd keys
+    already there. The flags of the whole batch are read in one device->host copy."""
+    flagged = [i for i, t in enumerate(targets) if isinstance(t, Mapping) and t.get("iscrowd") is not None
+               and isinstance(t.get("boxes"), torch.Tensor)]  # else the checks of _parse_targets name what is wrong
+    on_device = [i for i in flagged if isinstance(targets[i]["iscrowd"], torch.Tensor)]
+    read = {}
+    if on_device:
+        flags = [_plain(targets[i]["iscrowd"]).reshape(-1) for i in on_device]
+        host = _to_host(torch.cat([f.to(flags[0].device) != 0 for f in flags]))
+        read = dict(zip(on_device, np.split(host, np.cumsum([f.shape[0] for f in flags])[:-1])))
+    out = list(targets)
+    for i in flagged:
+        crowd = read[i] if i in read else np.asarray(targets[i]["iscrowd"]).reshape(-1) != 0
+        out[i] = _crowd_rows_of(targets[i], i, crowd)
+    return out
+
+
+def _crowd_rows_of(target: Mapping[str, Any], i: int, crowd: np.ndarray) -> Mapping[str, Any]:
+    """``targets[i]`` with its rows ``crowd`` (host bools) moved to the crowd keys (see
+    :func:`_crowd_rows_out`); as given when none is."""
+    boxes = target["boxes"]
+    n = int(boxes.shape[0]) if boxes.ndim == 2 else 0
+    if crowd.shape[0] != n:
+        raise ValueError(f"targets[{i}]['iscrowd'] must have one value per box ({n}), got {crowd.shape[0]}")
+    if not crowd.any():
+        return target
+    keep, moved = np.flatnonzero(~crowd), np.flatnonzero(crowd)
+
+    def take(value: Any, index: np.ndarray) -> Any:
+        if isinstance(value, torch.Tensor):
+            picked = _plain(value).index_select(0, _to_device(index, value.device))
+            return tv_tensors.wrap(picked, like=value) if isinstance(value, tv_tensors.TVTensor) else picked
+        if isinstance(value, np.ndarray):
+            return value[index]
+        return type(value)(value[k] for k in index.tolist())
+
+    new = dict(target)
+    for key, value in target.items():
+        rows = (value.shape[0] if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim > 0
+                else len(value) if isinstance(value, (list, tuple)) else None)
+        if rows == n and key not in CROWD_KEYS and key not in _OUTPUT_KEYS:
+            new[key] = take(value, keep)
+    crowd_boxes, given = take(boxes, moved), target.get("crowd_boxes")
+    if given is not None:  # in the format of the crowd boxes given (plain tensors: xyxy)
+        given = given if isinstance(given, torch.Tensor) else torch.as_tensor(np.asarray(given))
+        fmt = given.format if isinstance(given, tv_tensors.BoundingBoxes) else _XYXY
+        old = crowd_boxes.format if isinstance(crowd_boxes, tv_tensors.BoundingBoxes) else _XYXY
+        converted = _plain(TF.convert_bounding_box_format(_plain(crowd_boxes), old_format=old, new_format=fmt))
+        merged = torch.cat([_plain(given).reshape(-1, 4), converted.to(given.dtype).to(given.device)])
+        crowd_boxes = tv_tensors.wrap(merged, like=given) if isinstance(given, tv_tensors.TVTensor) else merged
+    new["crowd_boxes"] = crowd_boxes
+    masks = target.get("masks")
+    if isinstance(masks, torch.Tensor) and masks.ndim == 3 and masks.shape[0] == n:
+        regions = take(masks, moved)
+        if target.get("crowd_masks") is not None:
+            old = target["crowd_masks"]
+            merged = torch.cat([_plain(old), _plain(regions).to(old.dtype).to(old.device)])
+            new["crowd_masks"] = tv_tensors.wrap(merged, like=old) if isinstance(old, tv_tensors.TVTensor) else merged
+        elif target.get("crowd_mask") is not None:
+            old = target["crowd_mask"]
+            union = ((_plain(old) != 0) | (_plain(regions) != 0).any(0).to(old.device)).to(old.dtype)
+            new["crowd_mask"] = tv_tensors.wrap(union, like=old) if isinstance(old, tv_tensors.TVTensor) else union
+        elif given is None or given.numel() == 0:
+            new["crowd_masks"] = regions
+        # else: the crowd regions given have boxes and no mask, so the moved ones join them as boxes
+    return new
 
 
 def _target_crowd(target: Mapping[str, Any], image: torch.Tensor, i: int, device: torch.device) -> Crowd | None:
@@ -440,7 +512,7 @@ def _per_box_extras(targets, counts, box_keys, device) -> dict[str, list[torch.T
 
 def _parse_batch(images: Any, targets: Any, box_keys: tuple[str, ...] | None, size_divisible: int) -> _Batch:
     items, stacked = _parse_images(images)
-    boxes, formats, labels, masks, per_box, crowd = _parse_targets(targets, items, box_keys)
+    boxes, formats, labels, masks, per_box, crowd, targets = _parse_targets(targets, items, box_keys)
     sizes = np.asarray([(int(x.shape[1]), int(x.shape[2])) for x in items], dtype=np.int64).reshape(-1, 2)
     if len(items):
         height, width = (int(math.ceil(int(v) / size_divisible) * size_divisible) for v in sizes.max(axis=0))

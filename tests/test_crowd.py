@@ -274,3 +274,85 @@ def test_albumentations_refuses_an_unregistered_crowd_mask_whether_or_not_it_mix
     if p == 0.0:  # flipped with the image
         np.testing.assert_array_equal(out["crowd_mask"], item["crowd_mask"][:, ::-1])
     assert out["crowd_mask"].shape == out["image"].shape[:2]
+
+
+# ------------------------------------------------------------------ torchvision v2 COCO targets
+
+
+def _v2_coco(coco_mini, image_ids):
+    """torchvision's CocoDetection wrapped for transforms v2: its targets keep the crowd regions
+    among the boxes, flagged by an ``iscrowd`` column (a list)."""
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+
+    dataset = CocoDetection(str(coco_mini / "val2017"), str(coco_mini / "annotations" / "instances_val2017.json"))
+    dataset.ids = list(image_ids)
+    return wrap_dataset_for_transforms_v2(dataset, target_keys={"boxes", "labels", "masks", "iscrowd", "image_id"})
+
+
+#: pycocotools' decoder (called by torchvision's wrapper) warns under numpy 2; not ours to fix.
+_PYCOCOTOOLS_NUMPY2 = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
+
+
+@_PYCOCOTOOLS_NUMPY2
+def test_v2_coco_targets_give_their_crowd_rows_as_crowd_mask_not_boxes(coco_mini):
+    from detmix.datasets import CocoAlbumentationsDataset, MixDataset, to_albumentations_item
+
+    wrapped = _v2_coco(coco_mini, [34417, 92660])
+    image, target = wrapped[0]
+    crowd = np.asarray(target["iscrowd"]) != 0
+    assert crowd.sum() == 1 and len(crowd) == 21  # one crowd region among 21 annotations
+    masks = target["masks"].numpy()
+    item = to_albumentations_item((image, target), bbox_format="pascal_voc")
+    np.testing.assert_allclose(item["bboxes"], target["boxes"].numpy()[~crowd], atol=1e-4)
+    np.testing.assert_array_equal(item["labels"], target["labels"].numpy()[~crowd])
+    np.testing.assert_array_equal(item["masks"], masks[~crowd])
+    np.testing.assert_array_equal(item["crowd_mask"], masks[crowd].max(axis=0))
+    # the same crowd region as the COCO folder reader gives
+    folder = CocoAlbumentationsDataset(coco_mini / "annotations" / "instances_val2017.json", coco_mini / "val2017",
+                                       image_ids=[34417])[0]
+    np.testing.assert_array_equal(item["crowd_mask"], folder["crowd_mask"])
+    # merged with a crowd mask already there
+    given = np.zeros(masks.shape[1:], np.uint8)
+    given[:5, :5] = 1
+    merged = to_albumentations_item((image, {**target, "crowd_mask": given}), bbox_format="pascal_voc")
+    np.testing.assert_array_equal(merged["crowd_mask"], masks[crowd].max(axis=0) | given)
+    # MixDataset, the item and its partner
+    mixed = MixDataset(wrapped, bbox_format="pascal_voc", seed=0)[0]
+    for one, t in ((mixed, target), (mixed["mix_metadata"][0], wrapped[1][1])):
+        flags = np.asarray(t["iscrowd"]) != 0
+        assert len(one["bboxes"]) == len(one["masks"]) == int((~flags).sum())
+        np.testing.assert_array_equal(one["crowd_mask"], t["masks"].numpy()[flags].max(axis=0))
+
+
+@_PYCOCOTOOLS_NUMPY2
+def test_batchmix_takes_v2_coco_crowd_rows_out_of_the_targets(coco_mini):
+    from torchvision.transforms.v2 import functional as TF
+
+    from detmix.torch import BatchMix, BatchParams
+
+    wrapped = _v2_coco(coco_mini, [34417, 92660])
+    pairs = [wrapped[0], wrapped[1]]
+    images = [TF.to_image(image) for image, _ in pairs]
+    targets = [target for _, target in pairs]
+    flags = [torch.as_tensor(t["iscrowd"]) != 0 for t in targets]
+    canvas = tuple(max(int(x.shape[k]) for x in images) for k in (1, 2))
+    mix = BatchMix("deit", per="pair")
+    # image 0 unmixed, image 1 blended with image 0 at lam 0.5
+    params = BatchParams(partner=[0, 0], mode=[0, 1], lam=[1.0, 0.5], cut=[[0, 0, 0, 0]] * 2, canvas=canvas)
+    _, out = mix.apply(images, targets, params)
+    keep = ~flags[0]
+    height, width = images[0].shape[1:]
+    assert out[0]["masks"].shape[1:] == canvas and not out[0]["masks"][:, height:].any()  # padded
+    out[0]["masks"], out[0]["crowd_masks"] = out[0]["masks"][:, :height, :width], out[0]["crowd_masks"][:, :height, :width]
+    torch.testing.assert_close(out[0]["boxes"].as_subclass(torch.Tensor), targets[0]["boxes"][keep].as_subclass(torch.Tensor))
+    assert out[0]["labels"].tolist() == targets[0]["labels"][keep].tolist()
+    assert torch.equal(out[0]["masks"], targets[0]["masks"][keep])
+    torch.testing.assert_close(out[0]["crowd_boxes"].as_subclass(torch.Tensor),
+                               targets[0]["boxes"][flags[0]].as_subclass(torch.Tensor))
+    assert torch.equal(out[0]["crowd_masks"], targets[0]["masks"][flags[0]])
+    # the blend keeps every object of both images and no crowd region among them
+    assert len(out[1]["boxes"]) == len(out[1]["masks"]) == int((~flags[0]).sum() + (~flags[1]).sum())
+    assert sorted(out[1]["labels"].tolist()) == sorted(targets[0]["labels"][~flags[0]].tolist()
+                                                       + targets[1]["labels"][~flags[1]].tolist())
+    assert len(out[1]["crowd_boxes"]) == len(out[1]["crowd_masks"]) == 2
