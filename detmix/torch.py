@@ -389,6 +389,14 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
         )
     per_box = _per_box_extras(targets, [b.shape[0] for b in boxes], box_keys, device)
     crowd = [_target_crowd(t, image, i, device) for i, (t, image) in enumerate(zip(targets, items))]
+    for attr in ("mask", "masks"):  # any two targets may be paired: one rule for the whole batch
+        given = [i for i, c in enumerate(crowd) if c is not None and getattr(c, attr) is not None]
+        lack = [i for i, c in enumerate(crowd) if c is not None and getattr(c, attr) is None and c.num]
+        if given and lack:
+            raise ValueError(
+                f"targets[{given[0]}] has 'crowd_{attr}' but targets[{lack[0]}], which has crowd_boxes, has none; "
+                f"give crowd_{attr} for every target with crowd regions or for none"
+            )
     return boxes, formats, labels, (masks if have else None), per_box, crowd, targets
 
 

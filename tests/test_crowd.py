@@ -356,3 +356,25 @@ def test_batchmix_takes_v2_coco_crowd_rows_out_of_the_targets(coco_mini):
     assert sorted(out[1]["labels"].tolist()) == sorted(targets[0]["labels"][~flags[0]].tolist()
                                                        + targets[1]["labels"][~flags[1]].tolist())
     assert len(out[1]["crowd_boxes"]) == len(out[1]["crowd_masks"]) == 2
+
+
+@pytest.mark.parametrize("key", ["crowd_mask", "crowd_masks"])
+def test_batchmix_refuses_a_crowd_mask_missing_in_another_target_for_every_draw(key):
+    """Checked up front over the whole batch, naming targets[i]: not only when the draw happens
+    to pair the two targets (formerly an error for some seeds only, naming 'a' and 'b')."""
+    from detmix.torch import BatchMix
+
+    samples = [crowd_sample(v, [[0, 0, 10, 10]], [[20, 10, 30, 20]]) for v in (0, 80, 160, 255)]
+    if key == "crowd_masks":
+        for s in samples:
+            s["crowd_masks"] = s.pop("crowd_mask")[None]
+    samples[3].pop(key)  # crowd boxes, and no mask for them
+    images = [to_torch(s)["image"] for s in samples]
+    targets = [{k: v for k, v in to_torch(s).items() if k != "image"} for s in samples]
+    mix = BatchMix("deit", per="pair")
+    for seed in range(6):
+        with pytest.raises(ValueError, match=rf"targets\[0\] has '{key}' but targets\[3\], which has crowd_boxes, "
+                                             rf"has none; give {key} for every target with crowd regions or for none"):
+            mix(images, targets, generator=torch.Generator().manual_seed(seed))
+    targets[3]["crowd_boxes"] = torch.zeros((0, 4))  # no crowd regions: nothing to mask
+    mix(images, targets, generator=torch.Generator().manual_seed(0))
