@@ -30,6 +30,7 @@ Sample-level values (``image_id``...) are plain keys that Albumentations passes 
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 import os
@@ -40,8 +41,10 @@ from typing import Any, Literal
 import numpy as np
 
 from detmix.albumentations import METADATA_KEY
-from detmix.coco import annotations_to_target, decode_masks
+from detmix.coco import BOX_OVERSHOOT, annotations_to_target, decode_masks
 from detmix.functional import box_region_masks
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BboxFormat",
@@ -116,6 +119,15 @@ def _coco_sample(image: np.ndarray, annotations: Sequence[Any], masks: bool, min
     by the rules of :func:`detmix.coco.annotations_to_target`."""
     height, width = image.shape[:2]
     target = annotations_to_target(annotations, height, width, min_box_size=min_box_size)
+    where = "annotations"
+    if annotations and isinstance(annotations[0], Mapping) and "image_id" in annotations[0]:
+        where = f"image {annotations[0]['image_id']}"
+    if target["clipped"]:  # the one rule of detmix.coco, said as CocoDetectionSource says it
+        logger.info("%s: clipped %d box(es) that poked out of the image by at most %g px", where,
+                    target["clipped"], BOX_OVERSHOOT)
+    if target["refused"]:
+        logger.warning("%s: left out %d annotation(s) whose box pokes more than %g px out of the image (ids %s)",
+                       where, len(target["refused"]), BOX_OVERSHOOT, target["refused"])
     sample: dict[str, Any] = {
         "image": image,
         "boxes": target["boxes"],

@@ -292,3 +292,20 @@ def test_dataloader_with_two_workers(synthetic):
     worker0, worker1 = lams[0::2], lams[1::2]  # batches go to the workers in turn
     assert worker0 != worker1
     assert lams != [round(float(item[WEIGHTS_KEY][0]), 6) for item in second]
+
+
+def test_coco_annotations_that_poke_out_are_clipped_or_left_out_and_said(caplog):
+    """The list-of-annotations path (torchvision's CocoDetection) logs what the one rule did, as
+    CocoDetectionSource does: a clip of at most 1 px at info, a box left out naming its id."""
+    import logging
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    anns = [{"id": 7, "image_id": 3, "bbox": [50.0, 5.0, 10.01, 5.0], "category_id": 1, "iscrowd": 0},  # 0.01 px
+            {"id": 8, "image_id": 3, "bbox": [50.0, 5.0, 12.5, 5.0], "category_id": 1, "iscrowd": 0},  # 2.5 px
+            {"id": 9, "image_id": 3, "bbox": [1.0, 1.0, 5.0, 5.0], "category_id": 2, "iscrowd": 0}]
+    with caplog.at_level(logging.INFO, logger="detmix.datasets"):
+        item = to_albumentations_item((image, anns), bbox_format="pascal_voc", masks=False)
+    np.testing.assert_allclose(item["bboxes"], [[50, 5, 60, 10], [1, 1, 6, 6]])
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "detmix.datasets"]
+    assert any(level == logging.INFO and "image 3" in text and "clipped 1 box" in text for level, text in records), records
+    assert any(level == logging.WARNING and "image 3" in text and "[8]" in text for level, text in records), records
