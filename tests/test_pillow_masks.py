@@ -107,6 +107,30 @@ def test_batchmix_counts_pillow_masks_once():
         assert int(got["masks"].view(torch.uint8).max()) <= 1
 
 
+@pytest.mark.parametrize("mode", ["none", "mixup", "cutmix"])
+def test_batchmix_returns_pillow_masks_as_their_0_1_copies_in_every_mode(mode):
+    """MixUp and unmixed images pass their masks through untouched by any kernel: BatchMix itself
+    must make Pillow's 0/255 bool bytes canonical, or they come back 255."""
+    from detmix.torch import BatchMix, BatchParams
+
+    pillow, fixed = pair("torch")
+    code = {"none": 0, "mixup": 1, "cutmix": 2}[mode]
+    lam = {"none": 1.0, "mixup": 0.6, "cutmix": 1 - 160 * 120 / (H * W)}[mode]
+    cut = [[140, 0, 300, 120]] * 2 if mode == "cutmix" else [[0, 0, 0, 0]] * 2
+    params = BatchParams(partner=[0, 1] if mode == "none" else [1, 0], mode=[code] * 2, lam=[lam] * 2, cut=cut,
+                         canvas=(H, W), per="pair")
+    outs = []
+    for samples in (pillow, fixed):
+        images = [s["image"] for s in samples]
+        targets = [{k: v for k, v in s.items() if k != "image"} for s in samples]
+        outs.append(BatchMix("deit", per="pair").apply(images, targets, params)[1])
+    for got, want in zip(*outs):
+        assert got["masks"].dtype == torch.bool and int(got["masks"].view(torch.uint8).max()) <= 1
+        assert torch.equal(got["masks"].view(torch.uint8), want["masks"].view(torch.uint8))
+        np.testing.assert_array_equal(got["boxes"].numpy(), want["boxes"].numpy())
+        np.testing.assert_array_equal(got["weights"].numpy(), want["weights"].numpy())
+
+
 def test_real_coco_masks_resized_by_pillow_keep_their_visible_objects(coco_mini):
     """The reproduction of the issue: real COCO masks resized with Pillow's NEAREST (mode "1")
     and a cut that touches none of the objects of ``a``: none is dropped, none loses visibility.
