@@ -107,18 +107,33 @@ def test_batchmix_counts_pillow_masks_once():
         assert int(got["masks"].view(torch.uint8).max()) <= 1
 
 
+def small_pair() -> tuple[list[dict], list[dict]]:
+    """A pair on a 30x40 canvas: torch copies so few bytes verbatim (a large batch's torch.cat
+    happens to rewrite bool bytes as 0/1, which hid a missing canonicalisation)."""
+    boxes_a, boxes_b = [[2, 2, 30, 20], [5, 18, 25, 29]], [[20, 4, 38, 26]]
+    a = {"image": np.zeros((30, 40, 3), np.uint8), "boxes": np.asarray(boxes_a, np.float64),
+         "labels": np.array([1, 2]), "masks": pillow_masks(boxes_a, 30, 40)}
+    b = {"image": np.full((30, 40, 3), 200, np.uint8), "boxes": np.asarray(boxes_b, np.float64),
+         "labels": np.array([3]), "masks": pillow_masks(boxes_b, 30, 40)}
+    fixed = [dict(s, masks=canonical(s["masks"])) for s in (a, b)]
+    return [to_torch(s) for s in (a, b)], [to_torch(s) for s in fixed]
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize("mode", ["none", "mixup", "cutmix"])
-def test_batchmix_returns_pillow_masks_as_their_0_1_copies_in_every_mode(mode):
-    """MixUp and unmixed images pass their masks through untouched by any kernel: BatchMix itself
-    must make Pillow's 0/255 bool bytes canonical, or they come back 255."""
+def test_batchmix_returns_pillow_masks_as_their_0_1_copies_in_every_mode(mode, size):
+    """MixUp and unmixed images pass their masks through no counting kernel: BatchMix itself must
+    make Pillow's 0/255 bool bytes canonical, or they come back 255."""
     from detmix.torch import BatchMix, BatchParams
 
-    pillow, fixed = pair("torch")
+    pillow, fixed = small_pair() if size == "small" else pair("torch")
+    height, width = pillow[0]["image"].shape[1:]
+    assert int(pillow[0]["masks"].view(torch.uint8).max()) == 255
     code = {"none": 0, "mixup": 1, "cutmix": 2}[mode]
-    lam = {"none": 1.0, "mixup": 0.6, "cutmix": 1 - 160 * 120 / (H * W)}[mode]
-    cut = [[140, 0, 300, 120]] * 2 if mode == "cutmix" else [[0, 0, 0, 0]] * 2
-    params = BatchParams(partner=[0, 1] if mode == "none" else [1, 0], mode=[code] * 2, lam=[lam] * 2, cut=cut,
-                         canvas=(H, W), per="pair")
+    cut = [width // 2, 0, width, height]
+    lam = {"none": 1.0, "mixup": 0.6, "cutmix": 1 - (cut[2] - cut[0]) * height / (height * width)}[mode]
+    params = BatchParams(partner=[0, 1] if mode == "none" else [1, 0], mode=[code] * 2, lam=[lam] * 2,
+                         cut=[cut if mode == "cutmix" else [0, 0, 0, 0]] * 2, canvas=(height, width), per="pair")
     outs = []
     for samples in (pillow, fixed):
         images = [s["image"] for s in samples]
