@@ -200,6 +200,20 @@ def test_batchmix_mixes_crowd_per_image_as_the_core_does():
         np.testing.assert_allclose(got["crowd_boxes"], ref["crowd_boxes"])
         np.testing.assert_array_equal(got["crowd_mask"], ref["crowd_mask"])
         assert len(got["boxes"]) == len(ref["boxes"])  # no crowd among the targets
+    # By hand, not only as the core does it (both would share a bug of mix_crowd).
+    # Output 0, CutMix x in [25, 45): a's regions outside the cut, b's (rows 1:39, cols 22:58) inside.
+    cutmixed = np.zeros((H, W), np.uint8)
+    cutmixed[10:20, 20:25] = cutmixed[5:15, 45:50] = cutmixed[1:39, 25:45] = 1
+    got = to_numpy(out[0])
+    np.testing.assert_array_equal(got["crowd_mask"], cutmixed)
+    # touched regions: the tight box of their visible pixels, clipped to their input box (b's y1 = 1.5)
+    np.testing.assert_allclose(got["crowd_boxes"], [[20, 10, 25, 20], [45, 5, 50, 15], [25, 1.5, 45, 39]])
+    # Output 1, MixUp of b (0.25) with a: both images' regions, unchanged, and the union of the masks.
+    blended = np.zeros((H, W), np.uint8)
+    blended[1:39, 22:58] = blended[10:20, 20:30] = blended[5:15, 40:50] = 1
+    got = to_numpy(out[1])
+    np.testing.assert_array_equal(got["crowd_mask"], blended)
+    np.testing.assert_allclose(got["crowd_boxes"], [[22.5, 1.5, 58, 39], [20, 10, 30, 20], [40, 5, 50, 15]])
 
 
 # ------------------------------------------------------------------ Albumentations
