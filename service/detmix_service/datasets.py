@@ -7,13 +7,13 @@ not pass is left out and counted, never served and never silently: the log names
 the image folder (``..``, an absolute path, a symlink out), is missing or is larger than the
 pixel limit, and annotations that are invalid.
 
-Only image ids from a dataset's index are ever read.
+Only image ids from a dataset's index are ever read. This module is the store: it loads and reads;
+a batch drawn from a dataset goes through the one request pipeline of :mod:`detmix_service.jobs`.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,23 +24,17 @@ from pydantic import ValidationError
 
 from detmix.coco import CocoDetectionSource
 from detmix.synthetic import default_dataset
-from detmix_service.budget import batch_cost, over_budget_message
-from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation, segmentation_sizes
-from detmix_service.errors import DatasetUnreadable, InvalidInput
-from detmix_service.jobs import (Answer, JobContext, check_output_size, encode_answer, resolve_recipe, run_plan,
-                                 source_images)
-from detmix_service.mixing import mix_batch
-from detmix_service.schemas import DatasetBatchRequest, DatasetInfo
+from detmix_service.cocoio import CocoAnnotation, CocoCategory, CocoImage, Limits, check_annotation
+from detmix_service.errors import DatasetUnreadable
+from detmix_service.schemas import DatasetInfo
 from detmix_service.settings import SYNTHETIC, Settings
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "Dataset", "DatasetError", "load_dataset", "load_datasets", "run_dataset_batch",
-    "served_datasets",
+    "Dataset", "DatasetError", "load_dataset", "load_datasets", "served_datasets",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 8
 #: What reading a dataset image may raise when its file changed under the server: Pillow raises
 #: OSError (UnidentifiedImageError), SyntaxError from some parsers, the decompression bomb error
 #: and warning (the server turns the warning into an error).
@@ -187,71 +181,3 @@ def load_datasets(settings: Settings, limits: Limits) -> dict[str, Dataset]:
             raise DatasetError(f"dataset name {SYNTHETIC!r} is taken by the embedded dataset; choose another")
         datasets[name] = load_dataset(name, config.annotations, config.images, masks=config.masks, limits=limits)
     return datasets
-
-
-def _choose(dataset: Dataset, request: DatasetBatchRequest, limits: Limits, rng: np.random.Generator) -> list[int]:
-    if request.image_ids is not None:
-        if request.batch_size is not None and request.batch_size != len(request.image_ids):
-            raise InvalidInput(
-                f"batch_size {request.batch_size} disagrees with the {len(request.image_ids)} image_ids; give one of them",
-                ["body", "batch_size"],
-            )
-        seen: set[int] = set()
-        for k, image_id in enumerate(request.image_ids):
-            if image_id not in dataset.images:
-                raise InvalidInput(f"image {image_id} is not served by dataset {dataset.name!r}", ["body", "image_ids", k])
-            if image_id in seen:
-                raise InvalidInput(f"image {image_id} is named twice", ["body", "image_ids", k])
-            seen.add(image_id)
-        ids, where = list(request.image_ids), "image_ids"
-    else:
-        size = DEFAULT_BATCH_SIZE if request.batch_size is None else request.batch_size
-        if size > len(dataset.images):
-            raise InvalidInput(
-                f"batch_size {size} is more than the {len(dataset.images)} images of dataset {dataset.name!r}",
-                ["body", "batch_size"],
-            )
-        served = sorted(dataset.images)
-        ids, where = [served[int(k)] for k in rng.choice(len(served), size=size, replace=False)], "batch_size"
-    if len(ids) > limits.max_batch_images:
-        raise InvalidInput(f"a batch holds at most {limits.max_batch_images} images, got {len(ids)}", ["body", where],
-                           type="limit")
-    pixels = sum(dataset.images[i].width * dataset.images[i].height for i in ids)
-    if pixels > limits.max_batch_pixels:
-        raise InvalidInput(
-            f"the chosen images have {pixels} pixels in all, more than the limit of {limits.max_batch_pixels}",
-            ["body", where],
-            type="limit",
-        )
-    return ids
-
-
-def run_dataset_batch(dataset: Dataset, request: DatasetBatchRequest, ctx: JobContext) -> Answer:
-    """``POST /v1/datasets/{name}/batch``: images drawn with ``default_rng(seed)`` (or named),
-    then paired and mixed with the same generator (see :mod:`detmix_service.mixing`)."""
-    recipe = resolve_recipe(request.recipe, ctx.recipes, ["body", "recipe"])
-    seed = secrets.randbits(63) if request.seed is None else request.seed
-    rng = np.random.default_rng(seed)
-    ids = _choose(dataset, request, ctx.limits, rng)
-    records = [dataset.images[i] for i in ids]
-    check_output_size(records, request.output, ["body", "output", "format"])
-    annotations = [ann for i in ids for ann in dataset.annotations[i]]
-    mask_pixels = 0
-    if dataset.masks:
-        mask_pixels = sum(dataset.images[a.image_id].width * dataset.images[a.image_id].height for a in annotations)
-        if mask_pixels > ctx.limits.max_mask_pixels:
-            raise InvalidInput(f"the chosen images' masks would take {mask_pixels} pixels, more than the limit of "
-                               f"{ctx.limits.max_mask_pixels}", ["body"], type="limit")
-    if ctx.limits.memory_budget is not None:
-        polygons, rle = segmentation_sizes(annotations) if dataset.masks else (0, 0)
-        cost = batch_cost([(r.height, r.width) for r in records], mask_pixels, polygons, rle, len(annotations))
-        if cost.total > ctx.limits.memory_budget:
-            raise InvalidInput(over_budget_message("the chosen images", cost, ctx.limits.memory_budget), ["body"],
-                               type="memory_budget")
-    pixels = []
-    for image_id in ids:
-        ctx.checkpoint()
-        pixels.append(dataset.read(image_id))
-    images = source_images(records, pixels, annotations, masks=dataset.masks)
-    plan = run_plan(images, recipe, seed, request.params, ["body"], rng=None if request.params else rng)
-    return encode_answer(mix_batch(images, dataset.categories, recipe, plan, request.output, ctx.checkpoint))

@@ -1,7 +1,9 @@
 """What one batch request does, start to end, as plain synchronous code for a worker thread.
 
-``parse`` (JSON, pydantic, cross-record checks) -> ``decode`` (headers checked against the
-limits first, then pixels) -> ``plan`` (draw or replay) -> ``mix`` -> JSON bytes. Every step
+Both batch endpoints run one pipeline (:func:`run_batch`): ``parse`` (JSON, pydantic,
+cross-record checks) -> ``read`` (uploads: headers checked against the limits first, then
+pixels; a dataset: its files) -> ``plan`` (draw or replay) -> ``mix`` -> JSON bytes. The
+endpoints differ only in where the images come from (:class:`BatchSource`). Every step
 that can fail on client input raises :class:`~detmix_service.errors.InvalidInput` or
 :class:`~detmix_service.errors.UnsupportedMediaType` with the location of the problem.
 """
@@ -12,29 +14,34 @@ import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from detmix.recipes import Recipe
-from detmix_service.budget import json_cost, over_budget_message
+from detmix_service.budget import batch_cost, json_cost, over_budget_message
 from detmix_service.cocoio import (
     CocoAnnotation,
+    CocoCategory,
     CocoImage,
     Limits,
     check_batch,
     decode_pixels,
     open_image,
     pydantic_errors,
+    segmentation_sizes,
 )
 from detmix_service.errors import InvalidInput
 from detmix_service.mixing import Plan, SourceImage, draw_plan, mix_batch, replay_plan
-from detmix_service.schemas import MixRequest, OutputOptions
+from detmix_service.schemas import DatasetBatchRequest, MixOptions, MixRequest, OutputOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from detmix_service.datasets import Dataset
 
 __all__ = [
-    "JPEG_MAX_SIDE", "Answer", "Blob", "JobContext", "check_output_size", "encode_answer", "parse_json", "parse_model",
-    "resolve_recipe", "run_mix", "run_plan",
+    "DEFAULT_BATCH_SIZE", "JPEG_MAX_SIDE", "Answer", "BatchSource", "Blob", "JobContext", "check_output_size",
+    "encode_answer", "parse_json", "parse_model", "resolve_recipe", "run_batch", "run_dataset_batch", "run_mix", "run_plan",
 ]
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -194,6 +201,38 @@ def check_output_size(records: Sequence[CocoImage], output: OutputOptions, loc: 
             )
 
 
+@dataclass(frozen=True)
+class BatchSource:
+    """What an endpoint hands the one pipeline (:func:`run_batch`): the images' records and
+    annotations, the categories, whether masks are mixed, and how the pixels are had (decoded
+    from the uploads, or read from a dataset), given the job's checkpoint."""
+
+    records: Sequence[CocoImage]
+    annotations: Sequence[CocoAnnotation]
+    categories: Sequence[CocoCategory]
+    masks: bool
+    pixels: Callable[[Callable[[], None]], list[np.ndarray]]
+
+
+def run_batch(
+    source: BatchSource,
+    options: MixOptions,
+    ctx: JobContext,
+    prefix: Sequence[str | int],
+    *,
+    seed: int | None,
+    rng: np.random.Generator | None = None,
+) -> Answer:
+    """The pipeline of both batch endpoints: read the pixels -> plan (draw, or replay
+    ``options.params``) -> mix -> encode. ``seed`` (drawn when None) seeds the draw, or ``rng``
+    continues one (a dataset batch draws its images first)."""
+    recipe = resolve_recipe(options.recipe, ctx.recipes, [*prefix, "recipe"])
+    check_output_size(source.records, options.output, [*prefix, "output", "format"])
+    images = source_images(source.records, source.pixels(ctx.checkpoint), source.annotations, masks=source.masks)
+    plan = run_plan(images, recipe, seed, options.params, prefix, rng=None if options.params else rng)
+    return encode_answer(mix_batch(images, source.categories, recipe, plan, options.output, ctx.checkpoint))
+
+
 def run_mix(
     request: MixRequest,
     blobs: Sequence[Blob],
@@ -204,10 +243,83 @@ def run_mix(
     """``POST /v1/mix`` once the body is parsed: ``blobs[k]`` holds ``request.images[k]``;
     ``prefix`` locates the request model, ``images_loc`` the image files."""
     check_batch(request, ctx.limits, prefix)
-    check_output_size(request.images, request.output, [*prefix, "output", "format"])
-    recipe = resolve_recipe(request.recipe, ctx.recipes, [*prefix, "recipe"])
-    pixels = decode_images(request.images, blobs, ctx.limits, ctx.checkpoint, images_loc)
-    images = source_images(request.images, pixels, request.annotations, masks=True)
-    plan = run_plan(images, recipe, request.seed, request.params, prefix)
-    answer = mix_batch(images, request.categories, recipe, plan, request.output, ctx.checkpoint)
-    return encode_answer(answer)
+
+    def pixels(checkpoint: Callable[[], None]) -> list[np.ndarray]:
+        return decode_images(request.images, blobs, ctx.limits, checkpoint, images_loc)
+
+    source = BatchSource(request.images, request.annotations, request.categories, True, pixels)
+    return run_batch(source, request, ctx, prefix, seed=request.seed)
+
+
+#: Images drawn by a dataset batch that names neither ``batch_size`` nor ``image_ids``.
+DEFAULT_BATCH_SIZE = 8
+
+
+def _choose(dataset: Dataset, request: DatasetBatchRequest, limits: Limits, rng: np.random.Generator) -> list[int]:
+    if request.image_ids is not None:
+        if request.batch_size is not None and request.batch_size != len(request.image_ids):
+            raise InvalidInput(
+                f"batch_size {request.batch_size} disagrees with the {len(request.image_ids)} image_ids; give one of them",
+                ["body", "batch_size"],
+            )
+        seen: set[int] = set()
+        for k, image_id in enumerate(request.image_ids):
+            if image_id not in dataset.images:
+                raise InvalidInput(f"image {image_id} is not served by dataset {dataset.name!r}", ["body", "image_ids", k])
+            if image_id in seen:
+                raise InvalidInput(f"image {image_id} is named twice", ["body", "image_ids", k])
+            seen.add(image_id)
+        ids, where = list(request.image_ids), "image_ids"
+    else:
+        size = DEFAULT_BATCH_SIZE if request.batch_size is None else request.batch_size
+        if size > len(dataset.images):
+            raise InvalidInput(
+                f"batch_size {size} is more than the {len(dataset.images)} images of dataset {dataset.name!r}",
+                ["body", "batch_size"],
+            )
+        served = sorted(dataset.images)
+        ids, where = [served[int(k)] for k in rng.choice(len(served), size=size, replace=False)], "batch_size"
+    if len(ids) > limits.max_batch_images:
+        raise InvalidInput(f"a batch holds at most {limits.max_batch_images} images, got {len(ids)}", ["body", where],
+                           type="limit")
+    pixels = sum(dataset.images[i].width * dataset.images[i].height for i in ids)
+    if pixels > limits.max_batch_pixels:
+        raise InvalidInput(
+            f"the chosen images have {pixels} pixels in all, more than the limit of {limits.max_batch_pixels}",
+            ["body", where],
+            type="limit",
+        )
+    return ids
+
+
+def run_dataset_batch(dataset: Dataset, request: DatasetBatchRequest, ctx: JobContext) -> Answer:
+    """``POST /v1/datasets/{name}/batch``: images drawn with ``default_rng(seed)`` (or named),
+    checked against the limits and the memory budget, then the pipeline of :func:`run_batch`,
+    paired and mixed with the same generator (see :mod:`detmix_service.mixing`)."""
+    seed = secrets.randbits(63) if request.seed is None else request.seed
+    rng = np.random.default_rng(seed)
+    ids = _choose(dataset, request, ctx.limits, rng)
+    records = [dataset.images[i] for i in ids]
+    annotations = [ann for i in ids for ann in dataset.annotations[i]]
+    mask_pixels = 0
+    if dataset.masks:
+        mask_pixels = sum(dataset.images[a.image_id].width * dataset.images[a.image_id].height for a in annotations)
+        if mask_pixels > ctx.limits.max_mask_pixels:
+            raise InvalidInput(f"the chosen images' masks would take {mask_pixels} pixels, more than the limit of "
+                               f"{ctx.limits.max_mask_pixels}", ["body"], type="limit")
+    if ctx.limits.memory_budget is not None:
+        polygons, rle = segmentation_sizes(annotations) if dataset.masks else (0, 0)
+        cost = batch_cost([(r.height, r.width) for r in records], mask_pixels, polygons, rle, len(annotations))
+        if cost.total > ctx.limits.memory_budget:
+            raise InvalidInput(over_budget_message("the chosen images", cost, ctx.limits.memory_budget), ["body"],
+                               type="memory_budget")
+
+    def pixels(checkpoint: Callable[[], None]) -> list[np.ndarray]:
+        out = []
+        for image_id in ids:
+            checkpoint()
+            out.append(dataset.read(image_id))
+        return out
+
+    source = BatchSource(records, annotations, dataset.categories, dataset.masks, pixels)
+    return run_batch(source, request, ctx, ["body"], seed=seed, rng=rng)

@@ -94,7 +94,7 @@ class ImageParams(_Request):
     params: MixParamsModel
 
 
-class _MixOptions(_Request):
+class MixOptions(_Request):
     recipe: RecipeRef = Field(default="deit", description="a recipe name (GET /v1/recipes) or an inline recipe")
     seed: Seed | None = Field(default=None, description="omitted: the server draws one and returns it")
     params: Annotated[list[ImageParams], Field(min_length=1, max_length=256)] | None = Field(
@@ -103,7 +103,7 @@ class _MixOptions(_Request):
     output: OutputOptions = Field(default_factory=OutputOptions)
 
 
-class MixRequest(_MixOptions, CocoBatch):
+class MixRequest(MixOptions, CocoBatch):
     """A COCO batch to mix (JSON: images carry ``data``; multipart: ``file_name`` names a file part)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
@@ -112,7 +112,7 @@ class MixRequest(_MixOptions, CocoBatch):
     licenses: list[Any] | None = Field(default=None, description="COCO 'licenses', ignored")
 
 
-class DatasetBatchRequest(_MixOptions):
+class DatasetBatchRequest(MixOptions):
     batch_size: Annotated[int, Field(ge=1, le=256)] | None = Field(
         default=None, description="images drawn from the dataset (default 8); omit with image_ids"
     )

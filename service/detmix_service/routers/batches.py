@@ -21,10 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
 
 from detmix_service.cocoio import Limits, decode_base64
-from detmix_service.datasets import run_dataset_batch
 from detmix_service.deps import ApiKeyChecked, RuntimeDep
 from detmix_service.errors import DeadlineExceeded, InsufficientStorage, InvalidInput, NotFound, UnsupportedMediaType
-from detmix_service.jobs import Answer, Blob, JobContext, parse_json, parse_model, run_mix
+from detmix_service.jobs import Answer, Blob, JobContext, parse_json, parse_model, run_dataset_batch, run_mix
 from detmix_service.runtime import Runtime, UploadPace, run_job
 from detmix_service.schemas import DatasetBatchRequest, ErrorResponse, MixRequest, MixResponse
 
