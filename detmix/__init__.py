@@ -1,4 +1,5 @@
-"""detmix: detection-aware CutMix and MixUp.
+"""detmix: detection-aware mixing (CutMix, MixUp and the region family: Cutout, ResizeMix, FMix,
+SaliencyMix; one unit each in :mod:`detmix.modes`).
 
 Images are mixed together with their annotations: boxes, labels, instance masks and per-box
 weights follow the pixels, and every input box is either kept or reported as dropped.
@@ -11,7 +12,7 @@ weights follow the pixels, and every input box is either kept or reported as dro
 from detmix import functional
 from detmix.align import align_canvas, align_pair, canvas_size
 from detmix.functional import DropReason, cutmix, mixup
-from detmix.mix import RandomMix, apply_params, mix_pair
+from detmix.mix import RandomMix, apply_params, draw_params, mix_pair
 from detmix.recipes import CutMixConfig, MixUpConfig, Recipe, builtin_recipes, load_recipe
 from detmix.sampling import MixParams, sample_cut_box, sample_lam, sample_params
 
@@ -30,6 +31,7 @@ __all__ = [
     "builtin_recipes",
     "canvas_size",
     "cutmix",
+    "draw_params",
     "functional",
     "load_recipe",
     "mix_pair",
