@@ -98,7 +98,7 @@ _SUPPORTED_TARGETS = frozenset({"image", "bboxes", "masks", "crowd_mask"})
 #: The crowd regions (COCO ``iscrowd=1``) of a sample: one (H, W) mask, registered in the Compose as
 #: a mask target (``additional_targets={"crowd_mask": "mask"}``) so that every transform moves it.
 CROWD_KEY = "crowd_mask"
-#: Box coordinates this close to a whole pixel are put on it (float32 rounding is ~1e-4 px at 4k).
+#: Box coordinates this close to a whole pixel, and stored as exactly its float32 fraction, are put on it.
 _SNAP_PIXELS = 1e-3
 
 
@@ -455,6 +455,7 @@ def _to_sample(image: np.ndarray, rows: Any, masks: Any, masks_name: str) -> tup
     if rows is None or np.asarray(rows).size == 0:
         boxes, columns = np.zeros((0, 4)), None
     else:
+        stored = np.asarray(rows)
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] < 4 + _HIDDEN_COLUMNS:
             raise ValueError(
@@ -462,10 +463,14 @@ def _to_sample(image: np.ndarray, rows: Any, masks: Any, masks_name: str) -> tup
                 "detmix transforms run inside A.Compose"
             )
         # Albumentations keeps boxes normalized in float32: undo its rounding (an edge on a whole
-        # pixel must meet a cut edge there) and its excursions outside the canvas.
+        # pixel must meet a cut edge there) and its excursions outside the canvas. Only a stored
+        # fraction that is exactly the float32 fraction of a whole pixel is put on it: a true
+        # 381.0004 px is stored otherwise, and kept.
         boxes = denormalize_bboxes(rows[:, :4], (height, width))
         nearest = np.rint(boxes)
-        boxes = np.where(np.abs(boxes - nearest) < _SNAP_PIXELS, nearest, boxes)
+        sides = np.array([width, height, width, height], np.float64)
+        whole = (nearest / sides).astype(np.float32) == stored[:, :4].astype(np.float32)
+        boxes = np.where(whole & (np.abs(boxes - nearest) < _SNAP_PIXELS), nearest, boxes)
         boxes = np.clip(boxes, 0, [width, height, width, height])
         columns = rows[:, 4:]
     sample: dict[str, Any] = {"image": image, "boxes": boxes, "labels": np.arange(len(boxes))}

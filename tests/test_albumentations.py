@@ -209,6 +209,20 @@ def test_box_edge_on_a_cut_edge_survives_float32_rounding(monkeypatch):
     np.testing.assert_allclose(out["bboxes"], [[0, 10, 640, 50]], atol=1e-3)
 
 
+def test_a_sub_millipixel_coordinate_of_an_untouched_box_is_kept():
+    """Only a stored float32 fraction that is exactly an integer pixel's is put back on that pixel:
+    x1 = 381.0004 is a real coordinate, and a MixUp keeps an untouched box as it came (as A.NoOp)."""
+    item = {"image": np.zeros((426, 640, 3), np.uint8), "bboxes": [[381.0004, 10.0, 400.0, 50.0]], "labels": [1],
+            "ids": [0]}
+    partner = {"image": np.ones((426, 640, 3), np.uint8), "bboxes": [[0.0, 20.0, 5.0, 25.0]], "labels": [2],
+               "ids": [1]}
+    untouched = call(compose([A.NoOp()], "pascal_voc"), item, partner)["bboxes"]
+    assert abs(untouched[0][0] - 381.0004) < 1e-4
+    mixed = call(compose([BoxMixUp(p=1.0, lam_clamp=(0.5, 0.5))], "pascal_voc"), item, partner)["bboxes"]
+    assert len(mixed) == 2
+    np.testing.assert_allclose(mixed[0], untouched[0], rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------ alignment through later transforms
 
 
