@@ -144,12 +144,20 @@ def letterbox(image: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarr
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     out = np.full((size, size, 3), LETTERBOX_FILL, np.uint8)
     out[:new_h, :new_w] = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-    rows = np.minimum(((np.arange(new_h) + 0.5) * (height / new_h)).astype(np.int64), height - 1)
-    cols = np.minimum(((np.arange(new_w) + 0.5) * (width / new_w)).astype(np.int64), width - 1)
     resized = np.zeros((len(masks), size, size), np.uint8)
     if len(masks):
-        resized[:, :new_h, :new_w] = masks[:, rows][:, :, cols]
+        resized[:, :new_h, :new_w] = nearest(masks, new_h, new_w)
     return out, resized
+
+
+def nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(N, h, w)`` masks resized to ``(N, height, width)`` by nearest neighbour at pixel centres:
+    output pixel ``(i, j)`` reads input pixel ``(floor((i + 0.5) h / height), floor((j + 0.5) w /
+    width))``."""
+    src_h, src_w = masks.shape[-2:]
+    rows = np.minimum(((np.arange(height) + 0.5) * (src_h / height)).astype(np.int64), src_h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (src_w / width)).astype(np.int64), src_w - 1)
+    return masks[:, rows][:, :, cols]
 
 
 def tight_boxes(masks: np.ndarray) -> np.ndarray:
@@ -253,15 +261,41 @@ def visible_truth(visible: np.ndarray, labels: np.ndarray, pixels_before: np.nda
     return Truth(tight_boxes(visible), np.asarray(labels, np.int64), pixels, fraction, fraction.copy())
 
 
-def cutmix_truth(a: dict[str, Any], b: dict[str, Any], cut: Sequence[int]) -> Truth:
-    """The truth of a CutMix of ``b`` into ``a`` with cut ``(x1, y1, x2, y2)`` (half-open)."""
-    height, width = a["image"].shape[:2]
-    inside = region(cut, height, width)
+def region_truth(a: dict[str, Any], b: dict[str, Any] | None, inside: np.ndarray) -> Truth:
+    """The truth of a paste of ``b`` into ``a`` where the ``(H, W)`` bool map ``inside`` is True:
+    ``a``'s objects show ``mask & ~inside``, ``b``'s ``mask & inside``. ``b`` None: nothing of
+    another image shows there (Cutout), only ``a``'s objects are in the truth."""
     parts = []
     for sample, keep in ((a, ~inside), (b, inside)):
+        if sample is None:
+            continue
         masks = sample["masks"].astype(bool)
         parts.append(visible_truth(masks & keep[None], sample["labels"], pixel_counts(masks)))
     return _concat_truth(parts)
+
+
+def cutmix_truth(a: dict[str, Any], b: dict[str, Any], cut: Sequence[int]) -> Truth:
+    """The truth of a CutMix of ``b`` into ``a`` with cut ``(x1, y1, x2, y2)`` (half-open)."""
+    height, width = a["image"].shape[:2]
+    return region_truth(a, b, region(cut, height, width))
+
+
+def resizemix_truth(a: dict[str, Any], b: dict[str, Any], paste_box: Sequence[int]) -> Truth:
+    """The truth of a ResizeMix: all of ``b`` resized into ``paste_box`` (half-open, whole pixels)
+    and pasted onto ``a``. ``a``'s objects show ``mask & ~paste_box``; each object of ``b`` shows
+    its mask resized to the box by nearest neighbour at pixel centres (:func:`nearest`, as the
+    letterbox resizes masks), all of it: visible fraction 1, or gone when the resize leaves none of
+    its pixels."""
+    height, width = a["image"].shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in paste_box)
+    inside = region(paste_box, height, width)
+    masks_a = a["masks"].astype(bool)
+    masks_b = b["masks"].astype(bool)
+    placed = np.zeros((len(masks_b), height, width), bool)
+    if len(masks_b):
+        placed[:, y1:y2, x1:x2] = nearest(masks_b, y2 - y1, x2 - x1)
+    return _concat_truth([visible_truth(masks_a & ~inside[None], a["labels"], pixel_counts(masks_a)),
+                          visible_truth(placed, b["labels"], pixel_counts(placed))])
 
 
 def mixup_truth(a: dict[str, Any], b: dict[str, Any], lam: float) -> Truth:
@@ -443,6 +477,113 @@ def detmix_mixup(a: dict, b: dict, lam: float) -> Output:
     from detmix import functional as F
 
     return _detmix_output(F.mixup(boxes_only(a), boxes_only(b), float(lam)))
+
+
+# -- the region family (issue 14): Cutout, ResizeMix, FMix, SaliencyMix ------------------------
+
+#: The modes of the region family, scored each against its classification version.
+FAMILY = ("cutout", "resizemix", "fmix", "saliencymix")
+#: How each is called in the tables.
+FAMILY_TITLES = {"cutout": "Cutout", "resizemix": "ResizeMix", "fmix": "FMix", "saliencymix": "SaliencyMix"}
+
+
+@dataclass
+class FamilyDraw:
+    """One draw of a region mode, shared by every mixer of its table: the parameters (drawn by
+    the mode's own sampler from its named recipe), and where the output shows something other than
+    ``a`` (``inside``: the cut, the paste box or the FMix region)."""
+
+    name: str
+    params: Any  # detmix.MixParams
+    inside: np.ndarray  # (H, W) bool
+
+    @property
+    def cut(self) -> tuple[int, int, int, int]:
+        box = self.params["paste_box"] if self.name == "resizemix" else self.params.cut_box
+        return tuple(int(v) for v in box)
+
+
+def draw_family(rng: np.random.Generator, name: str, recipe: Any, a: dict, b: dict) -> FamilyDraw:
+    """Draw the parameters of mode ``name`` for the pair as ``detmix.RandomMix(name)`` does
+    (``detmix.mix.draw_params``; the recipe's ``prob`` is 1: always that mode), and the region they put
+    ``b`` (or the fill) in."""
+    from detmix.mix import draw_params
+    from detmix.modes.fmix import fmix_region
+
+    height, width = a["image"].shape[:2]
+    params = draw_params(rng, recipe, boxes_only(a), boxes_only(b))
+    if params.mode != name:
+        raise RuntimeError(f"recipe {recipe.name!r} drew mode {params.mode!r}, not {name!r}")
+    if name == "fmix":
+        inside = fmix_region(params["seed"], params["decay"], params.lam, height, width)
+    else:
+        inside = region(params["paste_box"] if name == "resizemix" else params.cut_box, height, width)
+    return FamilyDraw(name, params, inside)
+
+
+def family_truth(a: dict, b: dict, draw: FamilyDraw) -> Truth:
+    """The truth of a draw: Cutout shows ``a`` outside the cut and nothing inside; ResizeMix all
+    of ``b`` scaled into the paste box (:func:`resizemix_truth`); FMix and SaliencyMix are a paste of
+    ``b`` over their region (:func:`region_truth`)."""
+    if draw.name == "cutout":
+        return region_truth(a, None, draw.inside)
+    if draw.name == "resizemix":
+        return resizemix_truth(a, b, draw.cut)
+    return region_truth(a, b, draw.inside)
+
+
+def classification_family(a: dict, b: dict, draw: FamilyDraw) -> Output:
+    """The classification version of every region mode (timm's / torchvision's / mmpretrain's
+    Cutout, ResizeMix, FMix, SaliencyMix): the pixels are mixed, the annotation of the image the
+    dataset returned is left as it was: ``a``'s boxes, none of ``b``'s."""
+    return Output(np.asarray(a["boxes"], np.float64), a["labels"])
+
+
+def _check_family_pixels(image: np.ndarray, a: dict, b: dict, draw: FamilyDraw, fill: float = 0) -> None:
+    """The output's pixels must be where the truth says: ``a`` outside the region; inside, the
+    fill (Cutout) or ``b`` (FMix, SaliencyMix); ResizeMix's inside is ``b`` resized, not checked."""
+    outside = ~draw.inside
+    if not np.array_equal(image[outside], a["image"][outside]):
+        raise RuntimeError(f"detmix {draw.name} changed pixels of a outside its region")
+    if draw.name == "cutout":
+        ok = bool((image[draw.inside] == fill).all())
+    elif draw.name == "resizemix":
+        ok = True
+    else:
+        ok = np.array_equal(image[draw.inside], b["image"][draw.inside])
+    if not ok:
+        raise RuntimeError(f"detmix {draw.name} put other pixels in its region than the truth assumes")
+
+
+def detmix_family(a: dict, b: dict, draw: FamilyDraw, masks: bool) -> Output:
+    """The mode's kernel from :mod:`detmix.functional` with its defaults (no visibility threshold,
+    min_size 1): ``F.cutout(a, cut_box)``, ``F.resizemix(a, b, paste_box)``, ``F.cutmix(a, b,
+    region=...)`` over FMix's region, ``F.cutmix(a, b, cut_box)`` over SaliencyMix's cut."""
+    from detmix import functional as F
+
+    pick = with_masks if masks else boxes_only
+    sa, sb = pick(a), pick(b)
+    if draw.name == "cutout":
+        out = F.cutout(sa, draw.cut)
+    elif draw.name == "resizemix":
+        out = F.resizemix(sa, sb, draw.cut)
+    elif draw.name == "fmix":
+        out = F.cutmix(sa, sb, region=draw.inside)
+    else:
+        out = F.cutmix(sa, sb, draw.cut)
+    _check_family_pixels(out["image"], a, b, draw)
+    return _detmix_output(out)
+
+
+def detmix_family_recipe(a: dict, b: dict, draw: FamilyDraw, recipe: Any) -> Output:
+    """The draw applied by ``detmix.apply_params`` with the mode's named recipe (its thresholds:
+    min_visibility 0.25, min_size 2), boxes only: the path of ``RandomMix(name)``."""
+    from detmix import apply_params
+
+    out = apply_params(boxes_only(a), boxes_only(b), draw.params, recipe)
+    section = recipe.section(draw.name)
+    _check_family_pixels(out["image"], a, b, draw, getattr(section, "fill", 0))
+    return _detmix_output(out)
 
 
 class AlbumentationsReplay:
@@ -684,6 +825,7 @@ def machine() -> dict[str, Any]:
 def run(folders: Sequence[tuple[Path, Path]], pairs: int, seed: int, size: int = 640, min_pixels: int = 16,
         progress: bool = True) -> dict[str, Any]:
     """Score every available mixer on ``pairs`` random pairs; returns the JSON document."""
+    from detmix.recipes import load_recipe
     from detmix.sampling import sample_cut_box, sample_lam
 
     started = time.perf_counter()
@@ -713,7 +855,30 @@ def run(folders: Sequence[tuple[Path, Path]], pairs: int, seed: int, size: int =
     mosaic = Comparison("mosaic", "Albumentations Mosaic (own draws)",
                         "4 images on a 2x2 grid of 640x640 cells, a 640x640 view; truth from a coordinate map",
                         thresholds)
-    comparisons = [shared_cut, shared_mixup, ul_cuts[False], ul_cuts[True], mosaic]
+    family_recipes = {name: load_recipe(name) for name in FAMILY}
+    object_centred = family_recipes["saliencymix"].model_dump(exclude_none=True)
+    object_centred["saliencymix"]["centre"] = "object"
+    family_recipes["saliencymix-object"] = load_recipe({**object_centred, "name": "saliencymix-object"})
+    family = {key: Comparison(key, title, note, thresholds) for key, title, note in (
+        ("cutout", "Cutout, shared cut",
+         ("the cutout recipe's draw: lam ~ Beta(1, 1) clipped to [0.75, 0.95], a box of area (1 - lam) HW centred "
+          "uniformly, erased to 0; nothing pasted, so only a's objects are in the truth")),
+        ("resizemix", "ResizeMix, shared paste box",
+         ("the resizemix recipe's draw: sides tau ~ U(0.1, 0.8) of the canvas's, the box placed uniformly; all of b "
+          "resized into it (truth: b's masks resized by nearest neighbour at pixel centres)")),
+        ("fmix", "FMix, shared region",
+         ("the fmix recipe's draw: lam ~ Beta(1, 1), a low-frequency Fourier-noise region (decay 3) covering 1 - lam "
+          "of the canvas (detmix.modes.fmix.fmix_region)")),
+        ("saliencymix", "SaliencyMix, shared cut",
+         ("the saliencymix recipe's draw: lam ~ Beta(1, 1), the cut centred on b's most salient point (spectral "
+          "residual)")),
+        ("saliencymix-object", "SaliencyMix (centre: object), shared cut",
+         ("as above with centre: object, the cut centred on one of b's objects drawn uniformly (detmix's "
+          "detection-aware option)")),
+    )}
+    for comparison in family.values():
+        comparison.extra["issue"] = 14
+    comparisons = [shared_cut, shared_mixup, ul_cuts[False], ul_cuts[True], mosaic, *family.values()]
 
     adapters = {}
     if have_alb:
@@ -730,6 +895,9 @@ def run(folders: Sequence[tuple[Path, Path]], pairs: int, seed: int, size: int =
     ul_r: list[float] = []
 
     rng = np.random.default_rng(seed)
+    # The region family draws from a generator of its own, so that the draws of the tables above
+    # stay those of earlier runs with the same seed.
+    family_rng = np.random.default_rng([seed, 14])
     for trial in range(pairs):
         picks = [int(k) for k in rng.choice(len(photos), size=4, replace=False)]
         a, b = photos[picks[0]], photos[picks[1]]
@@ -798,6 +966,27 @@ def run(folders: Sequence[tuple[Path, Path]], pairs: int, seed: int, size: int =
             mosaic.score("Albumentations Mosaic", "A.Mosaic(grid 2x2, 640 cells, 640 view) in A.Compose, BboxParams "
                          "defaults", out, truth)
 
+        # -- the region family, each mode on its own draw, shared by its mixers
+        for key, table in family.items():
+            name = key.split("-")[0]
+            recipe = family_recipes[key]
+            draw = draw_family(family_rng, name, recipe, a, b)
+            truth = family_truth(a, b, draw)
+            title = FAMILY_TITLES[name]
+            kernel = {"cutout": "detmix.functional.cutout", "resizemix": "detmix.functional.resizemix",
+                      "fmix": "detmix.functional.cutmix(region=the FMix region)",
+                      "saliencymix": "detmix.functional.cutmix on the cut"}[name]
+            table.score(f"classification {title} (a's boxes as they were)",
+                        f"pixels as {title}; a's boxes unchanged" + ("" if name == "cutout" else ", b's none"),
+                        classification_family(a, b, draw), truth)
+            table.score("detmix boxes only", f"{kernel}, no masks, defaults", detmix_family(a, b, draw, False),
+                        truth)
+            table.score(f"detmix boxes only, {name} recipe",
+                        f"detmix.apply_params with recipe {name!r} (min_visibility 0.25, min_size 2)",
+                        detmix_family_recipe(a, b, draw, recipe), truth)
+            table.score("detmix with masks", f"{kernel} with instance masks, defaults",
+                        detmix_family(a, b, draw, True), truth)
+
         if progress and (trial + 1) % 20 == 0:
             print(f"  {trial + 1}/{pairs} pairs, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
@@ -844,14 +1033,14 @@ def table_lines(result: dict[str, Any], min_pixels: int | None = None) -> list[s
     """A plain-text table per comparison at ``min_pixels`` (default: the run's own)."""
     threshold = str(min_pixels if min_pixels is not None else result["config"]["min_pixels"])
     lines = []
-    head = (f"{'mixer':<48} {'trials':>6} {'visible':>7} {'missed':>13} {'boxes':>6} {'phantom':>13} "
+    head = (f"{'mixer':<52} {'trials':>6} {'visible':>7} {'missed':>13} {'boxes':>6} {'phantom':>13} "
             f"{'mean IoU':>8} {'w MAE':>6}")
     for comparison in result["comparisons"]:
         lines += ["", f"{comparison['title']}  ({comparison['note']})", head]
         for row in comparison["rows"]:
             s = row["by_min_pixels"][threshold]
             lines.append(
-                f"{row['mixer']:<48} {s['trials']:>6} {s['visible_objects']:>7} "
+                f"{row['mixer']:<52} {s['trials']:>6} {s['visible_objects']:>7} "
                 f"{s['missed']:>6} {s['missed_pct']:5.1f}% {s['boxes']:>6} {s['phantom']:>6} {s['phantom_pct']:5.1f}% "
                 f"{_fmt(s['mean_iou'], '8.4f')} {_fmt(s['weight_mae'], '6.3f')}"
             )

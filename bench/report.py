@@ -4,7 +4,8 @@
 
 Each results file is recognised by its name: ``fidelity*.json`` (bench/fidelity.py),
 ``per-sample-*.json`` (bench/bench_per_sample.py), ``core-*.json`` (bench/bench_core.py),
-``batch-*.json`` (bench/bench_batch.py), ``service-*.json`` (bench/bench_service.py),
+``batch-*.json`` (bench/bench_batch.py), ``service-budget*.json`` (bench/service_budget.py),
+``service-*.json`` (bench/bench_service.py),
 ``training-effect-*.json`` (bench/training_effect.py); any other JSON file gets a generic table.
 Files that are expected and absent are listed with the command that makes them; a file that cannot
 be read or rendered is reported as such and the rest of the report is still written. Plots are
@@ -51,6 +52,7 @@ KINDS: tuple[tuple[str, str], ...] = (
     ("per-sample", "Per-sample speed, CPU"),
     ("core", "Core kernels, one pair at a time"),
     ("batch", "Batches (detmix.torch.BatchMix)"),
+    ("service-budget", "REST service: memory and CPU of one batch"),  # before "service": a longer prefix
     ("service", "REST service"),
     ("training-effect", "Training effect"),
 )
@@ -240,8 +242,9 @@ class Section:
 _DETMIX_MASKS = ("detmix with masks", "detmix with masks, Albumentations")
 
 
-def fidelity_goals(data: dict[str, Any]) -> list[str]:
-    """Sentences that check the issue's goals against the figures, comparison by comparison."""
+def fidelity_goals(data: dict[str, Any], issue: int | None = None) -> list[str]:
+    """Sentences that check the issue's goals against the figures, comparison by comparison:
+    the comparisons whose ``issue`` is ``issue`` (None: those of no later issue, i.e. #6's)."""
     threshold = str(_get(data, "config", "min_pixels", default=16))
     out = []
     shared_boxes = None
@@ -250,6 +253,8 @@ def fidelity_goals(data: dict[str, Any]) -> list[str]:
             shared_boxes = next((r["by_min_pixels"].get(threshold) for r in comparison.get("rows", [])
                                  if r["mixer"] == "detmix boxes only"), None)
     for comparison in data.get("comparisons", []):
+        if comparison.get("issue") != issue:
+            continue
         rows = {r["mixer"]: r["by_min_pixels"].get(threshold) for r in comparison.get("rows", [])}
         title = comparison.get("title", comparison.get("key", "?"))
         for name in _DETMIX_MASKS:
@@ -287,6 +292,32 @@ def _compare(ours: float, theirs: float) -> str:
     return "fewer" if ours < theirs else "as few" if ours == theirs else "more"
 
 
+def family_table(data: dict[str, Any]) -> str | None:
+    """The region family (issue 14) at a glance: per mode, the classification version against
+    detmix without and with masks (missed % of visible objects, phantom % of boxes, mean IoU)."""
+    threshold = str(_get(data, "config", "min_pixels", default=16))
+    rows = []
+    for comparison in data.get("comparisons", []):
+        if comparison.get("issue") != 14:
+            continue
+        by_name = {r["mixer"]: r["by_min_pixels"].get(threshold) or {} for r in comparison.get("rows", [])}
+        naive = next((v for k, v in by_name.items() if k.startswith("classification")), {})
+        recipe = next((v for k, v in by_name.items() if k.startswith("detmix boxes only, ")), {})
+
+        def cell(s: dict[str, Any]) -> str:
+            if not s:
+                return "–"
+            return f"{_pct(s.get('missed_pct'))} / {_pct(s.get('phantom_pct'))} / {_iou(s.get('mean_iou'))}"
+
+        rows.append([comparison.get("title", comparison.get("key")), cell(naive),
+                     cell(by_name.get("detmix boxes only", {})), cell(recipe),
+                     cell(by_name.get("detmix with masks", {}))])
+    if not rows:
+        return None
+    return md_table(["mode (shared draw)", "classification version", "detmix boxes only",
+                     "detmix boxes only, the mode's recipe", "detmix with masks"], rows, "lrrrr")
+
+
 def render_fidelity(name: str, data: dict[str, Any], plots: Plots) -> Section:
     section = Section(f"Annotation fidelity (`{name}`)")
     config = data.get("config", {})
@@ -301,14 +332,26 @@ def render_fidelity(name: str, data: dict[str, Any], plots: Plots) -> Section:
         f"{threshold} visible pixels; objects with fewer (but some) are slivers, don't care. **Missed**: a visible "
         "object with no box of its class at IoU >= 0.5 (one-to-one greedy matching). **Phantom**: a box matched to "
         "no visible object or sliver. **Mean IoU**: of the matched boxes to the true visible boxes. **Weight MAE**: "
-        "mean |weight - true weight| of the matched boxes (true weight: visible fraction for CutMix, the image's "
-        "share for MixUp), for mixers that give weights.", "")
+        "mean |weight - true weight| of the matched boxes (true weight: visible fraction for CutMix and the region "
+        "family, the image's share for MixUp), for mixers that give weights.", "")
     if data.get("not_available"):
         section.add("Not installed when this ran, so left out: " +
                     "; ".join(f"`{k}` ({v})" for k, v in data["not_available"].items()), "")
     goals = fidelity_goals(data)
     if goals:
         section.add("### The goals of issue #6, checked", "", *goals, "")
+    glance = family_table(data)
+    if glance:
+        section.add(
+            "### The region family (issue #14): Cutout, ResizeMix, FMix, SaliencyMix", "",
+            "Each mode on its own draw (its named recipe's sampler, shared by every mixer of its table), scored "
+            "against its *classification version*: the same pixels, the annotation left as the dataset gave it "
+            "(`a`'s boxes as they were, none of `b`'s), which is what an image-classification implementation "
+            "(timm, torchvision, mmpretrain) hands a detection pipeline. Cells: missed % / phantom % / mean IoU "
+            f"(min_pixels {threshold}); each mode's full table is below.", "", glance, "")
+        family_goals = fidelity_goals(data, issue=14)
+        if family_goals:
+            section.add("### The goals of issue #14, checked", "", *family_goals, "")
 
     headers = ["mixer", "trials", "visible", "missed", "boxes", "phantom", "mean IoU", "IoU ≥ 0.99", "weight MAE"]
     plot_rows: list[tuple[str, float, float]] = []
@@ -554,6 +597,22 @@ def render_training(name: str, data: dict[str, Any], plots: Plots) -> Section:
     return section
 
 
+def render_service_budget(name: str, data: dict[str, Any], plots: Plots) -> Section:
+    """bench/service_budget.py: one row per request, the server's peak RSS and CPU for it."""
+    section = Section(f"REST service: memory and CPU of one batch (`{name}`)")
+    budget = data.get("budget")
+    section.add(f"**machine** {data.get('machine', '–')}, python {data.get('python', '–')}; memory budget per "
+                f"batch: {'the default' if budget is None else fmt(budget) + ' bytes'} (the file records no date). "
+                "Peak RSS above the server's RSS before the request, CPU seconds of the server "
+                "(`bench/service_budget.py`; the prices and limits they back are in docs/service.md).", "")
+    rows = data.get("rows") if isinstance(data.get("rows"), dict) else {}
+    section.add(md_table(["request", "status", "error type", "body MiB", "peak MiB", "CPU s", "wall s", "idle RSS MiB"],
+                         [[k, v.get("status"), v.get("type") or "", v.get("body_mib"), v.get("peak_mib"),
+                           v.get("cpu_s"), v.get("wall_s"), v.get("idle_rss_mib")] for k, v in rows.items()],
+                         "lrlrrrrr"), "")
+    return section
+
+
 def render_other(name: str, data: Any, plots: Plots) -> Section:
     """Any JSON: its provenance and every list of flat records as a table."""
     section = Section(f"Other results (`{name}`)")
@@ -574,6 +633,7 @@ RENDERERS: dict[str, Callable[[str, Any, Plots], Section]] = {
     "per-sample": render_per_sample,
     "core": render_core,
     "batch": render_batch,
+    "service-budget": render_service_budget,
     "service": render_service,
     "training-effect": render_training,
     "other": render_other,
