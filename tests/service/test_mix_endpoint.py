@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
 from PIL import Image
+from detmix_service import mixing
+
 from .servicekit import b64, check_against_core, coco_batch, core_sample, decode, image_bytes
 
 
@@ -110,13 +113,17 @@ def test_crowd_regions_come_back_as_regions_never_as_targets(client):
     assert 11 not in {d["source_annotation_id"] for d in cut["dropped"]}
 
 
-def test_a_box_poking_out_by_a_rounding_is_clipped_and_said(client):
+def test_a_box_poking_out_by_a_rounding_is_clipped_and_said(client, caplog):
     """COCO exports often have x + w = 640.01 on a 640 px image: clipped, listed in ``clipped``
-    (CocoDetectionSource does the same); more than 1 px out is still refused."""
+    and logged (CocoDetectionSource does the same); more than 1 px out is still refused."""
     body = coco_batch(2) | {"recipe": "cutmix", "output": {"format": "png"}}
     body["annotations"][0]["bbox"] = [30.0, 2.0, 10.01, 5.0]  # x + w = 40.01 on a 40 px image
-    response = client.post("/v1/mix", json=body)
+    with caplog.at_level(logging.INFO, logger=mixing.__name__):
+        response = client.post("/v1/mix", json=body)
     assert response.status_code == 200, response.text
+    said = [r.getMessage() for r in caplog.records if r.name == mixing.__name__ and r.levelno == logging.INFO]
+    assert any("clipped 1 boxes that poked out of their image by at most 1 px (annotation ids [10])" in m
+               for m in said), said
     answer = response.json()
     assert answer["clipped"] == [{"image_id": 1, "annotation_id": 10, "overshoot": pytest.approx(0.01, abs=1e-9)}]
     check_against_core(body, answer, "cutmix")  # the core's sample clips it onto the image too
