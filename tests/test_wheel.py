@@ -9,6 +9,7 @@ dependencies (numpy, array-api-compat, pillow, pydantic, pyyaml) come from it af
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -55,9 +56,18 @@ def _copy_sources(dest: Path) -> None:
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # Without PYTHONPATH: a source tree on it (e.g. PYTHONPATH=. in CI) would be imported instead
+    # of the installed wheel, and the test would prove nothing about the package as pip installs it.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def test_the_commands_run_without_pythonpath(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    out = _run([sys.executable, "-c", "import os, sys; print(os.environ.get('PYTHONPATH'), sys.path)"], cwd=tmp_path)
+    assert out.startswith("None ") and repr(str(tmp_path)) not in out
 
 
 @pytest.fixture(scope="module")
