@@ -30,6 +30,11 @@ The truth
   weight its image's share (``lam`` for ``a``'s objects, ``1 - lam`` for ``b``'s; an image whose
   share is 0 shows nothing). A MixUp mixer can therefore only err by leaving objects out or by
   moving boxes; the per-box weight is scored apart (``weight MAE``) where a mixer gives one.
+* The region family (issue 14): Cutout shows ``mask & ~R`` for ``a``'s objects and no object of
+  another image (the cut is erased); FMix and SaliencyMix are CutMix over their region (FMix's
+  Fourier-noise map, SaliencyMix's cut); ResizeMix shows ``a``'s objects outside the paste box and
+  every object of ``b`` whole, its mask resized into the box by nearest neighbour at pixel centres
+  (as the letterbox resizes masks: :func:`nearest`), gone when the resize keeps none of its pixels.
 * Mosaic: the truth is read from a coordinate map carried through the transform as its ``mask``
   (for every output pixel: which input image and which source pixel), so each object's visible
   pixels are known exactly wherever the tiles put them.
@@ -86,6 +91,16 @@ torchvision's CutMix, :func:`detmix.sampling.sample_cut_box`); MixUp ``lam ~ Bet
   cut. classification CutMix and detmix are then scored on the *same* cuts, in their own table.
   Both label kinds are run: box labels (YOLO detection datasets) and segment labels (polygons from
   the mask contours, which lower the threshold to 1%).
+* The region family, each mode in a table of its own, on its own draw: the mode's named recipe's
+  sampler (``detmix.mix.draw_params`` with ``RandomMix(name)``'s recipe, from a generator of its own
+  seeded ``[seed, 14]``, so the draws of the tables above do not move), shared by four mixers: the
+  classification version (the same pixels, ``a``'s boxes as they were, none of ``b``'s: what
+  timm's, torchvision's or mmpretrain's Cutout / ResizeMix / FMix / SaliencyMix give a detection
+  pipeline), detmix boxes only (``F.cutout``, ``F.resizemix``, ``F.cutmix(region=...)``,
+  ``F.cutmix(cut_box)``, defaults), detmix boxes only through ``detmix.apply_params`` with the
+  recipe's thresholds, and detmix with masks. Every detmix output's pixels are checked against the
+  region the truth assumes. SaliencyMix is run twice: ``centre: saliency`` (the recipe) and
+  ``centre: object``.
 * Albumentations ``Mosaic`` (2.0.8): four images (``a``, ``b`` and two more) on a 2x2 grid of
   640x640 cells, a 640x640 view (``fit_mode="cover"``: no rescaling at this size), ``BboxParams``
   defaults. It is comparable in what matters here: it cuts objects with rectangles and must say

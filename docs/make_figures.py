@@ -1,12 +1,20 @@
-"""Render the README's pictures from the embedded synthetic dataset: ``make docs``.
+"""Render the README's pictures: ``make docs``.
 
-* ``docs/images/preview.png``: ``detmix preview`` with the deit recipe;
+* ``docs/images/preview.png``: ``detmix preview`` with the deit recipe (embedded synthetic dataset);
 * ``docs/images/rules.png``: one pair and one cut, shown as classification CutMix leaves the
-  boxes and as detmix mixes them (boxes only, then with masks), plus detection MixUp.
+  boxes and as detmix mixes them (boxes only, then with masks), plus detection MixUp (the same);
+* ``docs/images/family-<mode>.png``: the region family, one picture per mode (``cutout``,
+  ``resizemix``, ``fmix``, ``saliencymix``): ``preview_dataset`` with the mode's named recipe over
+  the real photographs of ``../shared/data/coco-mini`` (val2017, instance masks), skipped with a
+  message where that folder is absent.
+
+``python docs/make_figures.py --only family`` renders the family alone (``--only rules preview`` the
+others).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,6 +27,13 @@ from detmix.preview import draw_sample, dropped_input_boxes, make_grid, preview_
 
 OUT = Path(__file__).resolve().parent / "images"
 TILE = 360
+COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
+#: The region family's pictures: mode (= recipe name) -> file under docs/images.
+FAMILY = {name: f"family-{name}.png" for name in ("cutout", "resizemix", "fmix", "saliencymix")}
+FIGURES = ("rules", "preview", "family")
+#: The seed of the family pictures: the first whose three FMix pairs all show both images (seed 0 draws
+#: lam 0.02 and 1.00 for two of them: one image all but alone).
+FAMILY_SEED = 1
 
 
 def _without_masks(sample):
@@ -75,15 +90,44 @@ def rules_figure(source) -> None:
     save(make_grid(tiles, cols=3), OUT / "rules.png")
 
 
-def main() -> int:
-    dataset = default_dataset()
-    source = CocoDetectionSource(dataset.val_annotations, dataset.val_images, masks=True)
-    rules_figure(source)
-    train = CocoDetectionSource(dataset.train_annotations, dataset.train_images, masks=True)
-    grid, _ = preview_dataset(train, "deit", num=8, cols=4, seed=0, tile_width=300,
-                              category_names=train.category_names)
-    save(grid, OUT / "preview.png")
-    print(f"wrote {OUT / 'rules.png'} and {OUT / 'preview.png'}")
+def family_figures(coco: Path = COCO_MINI) -> list[Path]:
+    """One picture per mode of the region family: three pairs of coco-mini photographs (with their
+    instance masks) mixed by ``preview_dataset`` with the mode's named recipe, seed
+    :data:`FAMILY_SEED`."""
+    annotations, images = coco / "annotations" / "instances_val2017.json", coco / "val2017"
+    if not annotations.is_file() or not images.is_dir():
+        print(f"skipped the family pictures: no COCO folder at {coco}", file=sys.stderr)
+        return []
+    source = CocoDetectionSource(annotations, images, masks=True)
+    written = []
+    for name, file in FAMILY.items():
+        grid, records = preview_dataset(source, name, num=3, cols=3, seed=FAMILY_SEED, tile_width=300,
+                                        category_names=source.category_names)
+        written.append(save(grid, OUT / file))
+        for record in records:
+            print(f"  {name}: pair {record['a']}, {record['b']}: {record['kept']} kept, {record['dropped']} dropped, "
+                  f"{record['params']}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render the README's pictures under docs/images.")
+    parser.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="the figures to render")
+    only = set(parser.parse_args(argv).only)
+    written: list[Path] = []
+    dataset = default_dataset() if only & {"rules", "preview"} else None
+    if "rules" in only:
+        source = CocoDetectionSource(dataset.val_annotations, dataset.val_images, masks=True)
+        rules_figure(source)
+        written.append(OUT / "rules.png")
+    if "preview" in only:
+        train = CocoDetectionSource(dataset.train_annotations, dataset.train_images, masks=True)
+        grid, _ = preview_dataset(train, "deit", num=8, cols=4, seed=0, tile_width=300,
+                                  category_names=train.category_names)
+        written.append(save(grid, OUT / "preview.png"))
+    if "family" in only:
+        written += family_figures()
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
