@@ -307,5 +307,6 @@ def test_coco_annotations_that_poke_out_are_clipped_or_left_out_and_said(caplog)
         item = to_albumentations_item((image, anns), bbox_format="pascal_voc", masks=False)
     np.testing.assert_allclose(item["bboxes"], [[50, 5, 60, 10], [1, 1, 6, 6]])
     records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "detmix.datasets"]
-    assert any(level == logging.INFO and "image 3" in text and "clipped 1 box" in text for level, text in records), records
+    assert any(level == logging.INFO and "image 3" in text and "clipped 1 box" in text
+               for level, text in records), records
     assert any(level == logging.WARNING and "image 3" in text and "[8]" in text for level, text in records), records
