@@ -140,7 +140,7 @@ STAGES = (
     ("masks from polygons", "detmix_service/cocoio.py", "instance_masks"),
     ("align partner", "detmix/align.py", "align_pair"),
     ("box and mask rules", "detmix/mix.py", "apply_params"),
-    ("RLE encode", "detmix/data.py", "encode_rles"),
+    ("RLE encode", "detmix/rle.py", "encode_rles"),
     ("encode", "detmix_service/cocoio.py", "encode_image"),
     ("JSON answer", "detmix_service/jobs.py", "encode_answer"),
 )

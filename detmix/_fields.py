@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-__all__ = ["Alpha", "MinArea", "MinSize", "MixConfig", "Number", "StrictModel", "Unit", "WeightModeField"]
+__all__ = [
+    "Alpha", "BoxRules", "MinArea", "MinSize", "MixConfig", "Number", "StrictModel", "Thresholds", "Unit", "WeightModeField",
+]
 
 Number = Annotated[float, Strict()]
 Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
@@ -42,9 +44,14 @@ class MixConfig(StrictModel):
         return value
 
 
-class BoxRules(MixConfig):
-    """The CutMix box thresholds (:func:`detmix.functional.cutmix`), shared by the region modes."""
+class Thresholds(StrictModel):
+    """The CutMix box thresholds (:func:`detmix.functional.cutmix`) and the weight mode."""
 
+    weight: WeightModeField = Field(default="visibility", description="per-box weights: visibility, lam or hard")
     min_visibility: Unit = 0.0
     min_area: MinArea = 0.0
     min_size: MinSize = 1.0
+
+
+class BoxRules(Thresholds, MixConfig):
+    """A Beta-drawn lam and the CutMix box thresholds: the section of CutMix and the region modes."""

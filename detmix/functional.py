@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from array_api_compat import array_namespace, device, is_numpy_array
 
-from detmix._sample import Crowd, Parsed, check_pair, parse_sample, split_extras
+from detmix._sample import Crowd, Parsed, split_extras
 
 __all__ = [
     "DropReason",
@@ -204,6 +204,9 @@ def region_boxes(boxes: Any, region: Any, pasted: Any) -> tuple[Any, Any]:
     inside it counts as invisible. For a rectangle on integer boxes this is the rule of
     :func:`cutmix_boxes`.
 
+    Work in proportion to the boxes' sides, not ``N x H x W``: the region is summed once along
+    its rows and once along its columns; each box reads its rows' and columns' counts from them.
+
     Args:
         boxes: ``(N, 4)`` xyxy floats.
         region: ``(H, W)`` bool, True where ``b`` shows.
@@ -213,9 +216,43 @@ def region_boxes(boxes: Any, region: Any, pasted: Any) -> tuple[Any, Any]:
         ``(new_boxes, visibility)`` in the dtype of ``boxes``.
     """
     xp = array_namespace(boxes)
+    dev = device(boxes)
     height, width = region.shape
-    cover = xp.astype(pixel_boxes(boxes, height, width), xp.uint8)
-    _, visibility, tight = cutmix_masks(cover, None, pasted, boxes.dtype, region=region)
+    n = boxes.shape[0]
+    cover = xp.ceil(boxes - 0.5)  # the pixel rows/columns whose centres lie inside each box
+    c0 = xp.astype(xp.clip(cover[:, 0], min=0, max=width), xp.int64)
+    r0 = xp.astype(xp.clip(cover[:, 1], min=0, max=height), xp.int64)
+    c1 = xp.astype(xp.clip(cover[:, 2], min=0, max=width), xp.int64)
+    r1 = xp.astype(xp.clip(cover[:, 3], min=0, max=height), xp.int64)
+    c1, r1 = xp.maximum(c1, c0), xp.maximum(r1, r0)
+    on = xp.astype(region, xp.int64)
+    along_x = xp.cumulative_sum(on, axis=1, include_initial=True)  # (H, W + 1)
+    along_y = xp.cumulative_sum(on, axis=0, include_initial=True)  # (H + 1, W)
+    # Region pixels of each box in each of its rows (N, H) and columns (N, W).
+    in_rows = xp.take(along_x, c1, axis=1).T - xp.take(along_x, c0, axis=1).T
+    in_cols = xp.take(along_y, r1, axis=0) - xp.take(along_y, r0, axis=0)
+    rows = xp.arange(height, device=dev)[None, :]
+    cols = xp.arange(width, device=dev)[None, :]
+    row_in = (rows >= r0[:, None]) & (rows < r1[:, None])
+    col_in = (cols >= c0[:, None]) & (cols < c1[:, None])
+    side = pasted[:, None]
+    # Visible pixels per row / column: the region's for b, the rest of the box's span for a.
+    vis_rows = xp.where(row_in, xp.where(side, in_rows, (c1 - c0)[:, None] - in_rows), xp.zeros_like(in_rows))
+    vis_cols = xp.where(col_in, xp.where(side, in_cols, (r1 - r0)[:, None] - in_cols), xp.zeros_like(in_cols))
+    before = (c1 - c0) * (r1 - r0)
+    after = xp.sum(vis_rows, axis=1)
+    dtype = boxes.dtype
+    before_f, after_f = xp.astype(before, dtype), xp.astype(after, dtype)
+    visibility = xp.where(before > 0, after_f / xp.where(before > 0, before_f, xp.ones_like(before_f)),
+                          xp.zeros_like(before_f))
+    any_row = xp.astype(vis_rows > 0, xp.uint8)
+    any_col = xp.astype(vis_cols > 0, xp.uint8)
+    y1 = xp.argmax(any_row, axis=1)
+    y2 = height - xp.argmax(xp.flip(any_row, axis=1), axis=1)
+    x1 = xp.argmax(any_col, axis=1)
+    x2 = width - xp.argmax(xp.flip(any_col, axis=1), axis=1)
+    tight = xp.astype(xp.stack([x1, y1, x2, y2], axis=1), dtype) if n else xp.zeros((0, 4), dtype=dtype, device=dev)
+    tight = xp.where((after > 0)[:, None], tight, xp.zeros_like(tight))
     return visible_boxes(boxes, tight, visibility), visibility
 
 

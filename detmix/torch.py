@@ -41,7 +41,7 @@ from detmix.modes import get_mode, mode_names
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
 
-__all__ = ["MODES", "BatchMix", "BatchParams", "MixCollate"]
+__all__ = ["MODES", "BatchMix", "BatchParams", "MixCollate"]  # noqa: F822 (MODES: module __getattr__)
 
 #: The mode codes of :attr:`BatchParams.mode` are indices into :func:`detmix.modes.mode_names`
 #: (``MODES`` in this module, read when asked: a mode registered later has the next code): 0 none,

@@ -243,3 +243,48 @@ def test_albumentations_recipe_mix_equals_the_core(photos, name):
 
 def test_the_region_modes_are_registered_in_order():
     assert mode_names()[:7] == ("none", "mixup", "cutmix", "cutout", "resizemix", "fmix", "saliencymix")
+
+
+def test_region_boxes_equals_the_rule_on_the_boxes_pixel_covers():
+    """``region_boxes`` sums rows and columns; the rule it implements is the masks rule applied to
+    each box's pixel cover (:func:`pixel_boxes`), computed here the slow way, on numpy and torch."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(1, 30, 2))
+        n = int(rng.integers(0, 8))
+        x1, y1 = rng.uniform(0, width, n), rng.uniform(0, height, n)
+        x2 = np.minimum(x1 + rng.uniform(0.01, width, n), width)
+        y2 = np.minimum(y1 + rng.uniform(0.01, height, n), height)
+        boxes = np.stack([x1, y1, x2, y2], axis=1).reshape(-1, 4)
+        region = rng.random((height, width)) < rng.random()
+        pasted = rng.random(n) < 0.5
+        cover = F.pixel_boxes(boxes, height, width).astype(np.uint8)
+        _, visibility, tight = F.cutmix_masks(cover, None, pasted, np.float64, region=region)
+        want = F.visible_boxes(boxes, tight, visibility), visibility
+        got = F.region_boxes(boxes, region, pasted)
+        got_torch = F.region_boxes(torch.from_numpy(boxes), torch.from_numpy(region), torch.from_numpy(pasted))
+        for g in (got, [t.numpy() for t in got_torch]):
+            np.testing.assert_array_equal(g[0], want[0])
+            np.testing.assert_array_equal(g[1], want[1])
+
+
+def test_resizemix_boxes_of_b_are_tight_to_their_resized_masks(photos):
+    a, b = photos[0], photos[1]
+    out = F.resizemix(a, b, (40, 30, 40 + 213, 30 + 142))  # b shrunk to a third
+    pasted = out["source"] == 1
+    tight = F.masks_to_boxes(out["masks"][pasted], np.float64)
+    np.testing.assert_allclose(np.maximum(out["boxes"][pasted][:, :2], tight[:, :2]), out["boxes"][pasted][:, :2])
+    np.testing.assert_allclose(np.minimum(out["boxes"][pasted][:, 2:], tight[:, 2:]), out["boxes"][pasted][:, 2:])
+    iou_ok = (out["boxes"][pasted] == tight) | (np.abs(out["boxes"][pasted] - tight) < 1)
+    assert iou_ok.all()  # each side within a pixel of the mask's (clipped to the scaled float box)
+
+
+def test_saliency_is_not_drawn_to_the_border(photos):
+    """The FFT takes an image as periodic: without mirroring, the jump between opposite edges
+    was the peak for most photographs."""
+    near = 0
+    for s in photos:
+        height, width = s["image"].shape[:2]
+        x, y = salient_point(s["image"])
+        near += min(x, width - 1 - x) < 0.05 * width or min(y, height - 1 - y) < 0.05 * height
+    assert near <= 1

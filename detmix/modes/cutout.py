@@ -2,8 +2,8 @@
 
 Detection-aware: ``a``'s boxes and masks follow exactly as in CutMix with an empty partner (a
 covered object is dropped or shrunk, with its visible share as weight); the partner is not read.
-Parameters: the cut box of CutMix (``lam ~ Beta(alpha, alpha)`` clipped to ``lam_clamp``, a box of
-area ``(1 - lam) H W`` centred uniformly).
+Parameters: the erased share ``area ~ U(area)`` of the canvas (default 5-25%), a box of that area
+with the canvas's aspect, centred uniformly and clipped to the canvas (``lam`` recomputed).
 """
 
 from __future__ import annotations
@@ -11,22 +11,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from detmix import functional as F
-from detmix._fields import BoxRules, Number
+from detmix._fields import Number, Thresholds, Unit
 from detmix._sample import parse_sample
 from detmix.modes import Mode, register
 from detmix.modes.cutmix import check_cut_params, cutmix
-from detmix.sampling import MixParams, sample_cut_box, sample_lam
+from detmix.sampling import MixParams, sample_cut_box
 
 __all__ = ["Cutout", "CutoutConfig", "cutout"]
 
 
-class CutoutConfig(BoxRules):
-    """Cutout parameters: the CutMix draw and thresholds, and the ``fill`` of the erased pixels."""
+class CutoutConfig(Thresholds):
+    """Cutout parameters: the range of the erased share, the ``fill`` of the erased pixels and the
+    CutMix thresholds for the boxes."""
 
+    area: tuple[Unit, Unit] = Field(default=(0.05, 0.25), description="[low, high] share of the canvas erased")
     fill: Number = Field(default=0.0, ge=-1e6, le=1e6, description="value of the erased pixels")
+
+    @field_validator("area")
+    @classmethod
+    def _ordered_area(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"area must be [low, high] with low <= high, got {list(value)}")
+        return value
 
 
 def cutout(
@@ -67,7 +76,7 @@ class Cutout(Mode):
     uses_cut_box = True
 
     def sample(self, rng: Any, cfg: CutoutConfig, height: int, width: int, partners: Any = ()) -> MixParams:
-        lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
+        lam = 1.0 - float(rng.uniform(cfg.area[0], cfg.area[1]))
         box, lam = sample_cut_box(rng, lam, height, width)
         return MixParams(self.name, lam, box, (int(height), int(width)))
 

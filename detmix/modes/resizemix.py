@@ -52,15 +52,33 @@ def resizemix(
     """Paste all of ``b``, resized to ``paste_box = (x1, y1, x2, y2)`` (whole pixels on ``a``'s
     canvas; ``b`` may have any size), onto ``a``. ``b``'s boxes and masks are scaled and shifted
     with its pixels (one resize, as ``align_pair(..., "resize")``), then the pair is a CutMix with
-    ``paste_box`` as the cut: the result has :func:`~detmix.functional.cutmix`'s keys."""
+    ``paste_box`` as the cut: the result has :func:`~detmix.functional.cutmix`'s keys. With
+    masks, each of ``b``'s boxes becomes the tight box of its resized mask, clipped to its scaled
+    box: a resize moves every pixel, so no box of ``b`` is "untouched"."""
     pa = parse_sample(a, "a")
     x1, y1, x2, y2 = F.check_cut_box(paste_box, pa.height, pa.width, name="paste_box")
     if x2 <= x1 or y2 <= y1:
         raise ValueError(f"paste_box must not be empty, got {[x1, y1, x2, y2]}")
     small = resize_sample(b, y2 - y1, x2 - x1, name="b")
+    small = _tight_to_masks(small)
     placed = place_sample(small, (x1, y1, x2, y2), pa.height, pa.width, name="b")
     return cutmix(a, placed, (x1, y1, x2, y2), min_visibility=min_visibility, min_area=min_area, min_size=min_size,
                   weight=weight, box_keys=box_keys)
+
+
+def _tight_to_masks(sample: dict[str, Any]) -> dict[str, Any]:
+    """With masks, a resized box is the tight box of its resized mask clipped to the scaled box
+    (the masks were resampled by nearest neighbour, so the scaled box is no longer exact); boxes
+    of empty masks and boxes without masks are kept as scaled."""
+    p = parse_sample(sample, "b")
+    if p.masks is None or not p.num_boxes:
+        return sample
+    xp = p.xp
+    tight = F.masks_to_boxes(p.masks, p.boxes.dtype)
+    clipped = xp.concat([xp.maximum(p.boxes[:, :2], tight[:, :2]), xp.minimum(p.boxes[:, 2:], tight[:, 2:])], axis=1)
+    empty = xp.any(p.masks != 0, axis=(1, 2))
+    ok = empty & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return {**sample, "boxes": xp.where(ok[:, None], clipped, p.boxes)}
 
 
 class ResizeMix(Mode):
