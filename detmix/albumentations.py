@@ -71,6 +71,7 @@ if "get_params_dependent_on_data" in getattr(BasicTransform, "_removed_sampling_
 
 
 from detmix.functional import masks_to_boxes
+from detmix.datasets import METADATA_KEY as _METADATA_KEY
 from detmix.mix import draw_params, mix_pair
 from detmix.recipes import Alpha, CutMixConfig, MinArea, MinSize, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
 from detmix.sampling import MixParams
@@ -84,11 +85,11 @@ __all__ = [
     "OneOfMix",
     "RecipeMix",
     "from_recipe",
-    "preview_grid",
 ]
 
-#: Where the partner samples are looked up by default (Albumentations' Mosaic uses "mosaic_metadata").
-METADATA_KEY = "mix_metadata"
+#: Where the partner samples are looked up by default (Albumentations' Mosaic uses "mosaic_metadata");
+#: defined with the datasets that put them there.
+METADATA_KEY = _METADATA_KEY
 #: The output key of the per-box weights.
 WEIGHTS_KEY = "mix_weights"
 #: Hidden columns appended after the label columns: the box's weight, then its row in ``masks``.
@@ -807,77 +808,3 @@ def from_recipe(recipe: str | Recipe | dict, **overrides: Any) -> BoxCutMix | Bo
     if len(names) == 1 and names <= set(classic):
         return classic[names.pop()].from_recipe(recipe, **overrides)
     return RecipeMix(recipe, **{"align": recipe.align, **overrides})
-
-
-# --------------------------------------------------------------------------------------------
-# Preview
-# --------------------------------------------------------------------------------------------
-
-
-def preview_grid(
-    source: Any,
-    recipe: str | Recipe | dict = "deit",
-    *,
-    num: int = 8,
-    cols: int = 4,
-    seed: int = 0,
-    tile_width: int = 320,
-    bbox_format: Literal["coco", "pascal_voc", "albumentations", "yolo"] = "coco",
-    category_names: Mapping[int, str] | None = None,
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Mix ``num`` random pairs of ``source`` through an Albumentations pipeline and tile them.
-
-    The pipeline is ``HorizontalFlip -> from_recipe(recipe, p=1) -> Affine ->
-    RandomBrightnessContrast`` in ``bbox_format``; each tile is drawn by
-    :func:`detmix.preview.draw_sample` from the pipeline's output alone (boxes converted back from the
-    format, captioned with class and ``mix_weights``). An extra label field ``origin`` (0 for the
-    sample, 1 for its partner) rides through the pipeline and colours the boxes as in
-    ``detmix preview``: orange for the sample, blue for the partner.
-
-    Args:
-        source: a map-style dataset of items :func:`detmix.datasets.to_albumentations_item` reads,
-            e.g. :class:`detmix.coco.CocoDetectionSource`; at least 2 items.
-        recipe: the recipe of the mix (name, path, dict or Recipe).
-        num, cols, seed, tile_width: as in :func:`detmix.preview.preview_dataset`.
-        bbox_format: the ``BboxParams`` format of the pipeline.
-        category_names: ``{label: name}`` for the captions.
-
-    Returns:
-        ``(grid, records)``: the picture and one record per tile (``a``, ``b``: the pair's indices,
-        ``params``: the drawn :class:`~detmix.sampling.MixParams` as a dict, ``kept``: output boxes).
-    """
-    import albumentations as A
-
-    from detmix.datasets import from_bbox_format, to_albumentations_item
-    from detmix.preview import draw_sample, make_grid
-
-    if len(source) < 2:
-        raise ValueError(f"source must hold at least 2 samples to mix, got {len(source)}")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be an int >= 1, got {num!r}")
-    mix = from_recipe(recipe, p=1.0)
-    transform = A.Compose(
-        [A.HorizontalFlip(), mix, A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), p=0.7),
-         A.RandomBrightnessContrast(p=0.5)],
-        bbox_params=A.BboxParams(format=bbox_format, label_fields=["labels", "origin"], min_visibility=0.1),
-        additional_targets={CROWD_KEY: "mask"},
-        seed=seed,
-    )
-    rng = np.random.default_rng(seed)
-    tiles, records = [], []
-    for _ in range(num):
-        i, j = (int(v) for v in rng.choice(len(source), size=2, replace=False))
-        item, partner = (to_albumentations_item(source[k], bbox_format=bbox_format) for k in (i, j))
-        item["origin"] = np.zeros(len(item["bboxes"]), np.int64)
-        partner["origin"] = np.ones(len(partner["bboxes"]), np.int64)
-        out = transform(**item, mix_metadata=[partner])
-        params = mix.params["mix"]
-        height, width = out["image"].shape[:2]
-        drawn = {"image": out["image"], "boxes": from_bbox_format(out["bboxes"], bbox_format, height, width),
-                 "labels": out["labels"], "weights": out[WEIGHTS_KEY], "source": out["origin"]}
-        if "masks" in out:
-            drawn["masks"] = out["masks"]
-        title = f"{params['mode']}  lam={params['lam']:.2f}  ({len(out['bboxes'])} boxes)"
-        tiles.append(draw_sample(drawn, category_names, width=tile_width, title=title))
-        records.append({"a": i, "b": j, "params": params, "kept": len(out["bboxes"])})
-    return make_grid(tiles, cols), records

@@ -50,7 +50,7 @@ def _preview(args: argparse.Namespace) -> int:
         args.annotations, args.images = dataset.train_annotations, dataset.train_images
     source = CocoDetectionSource(args.annotations, args.images, masks=not args.no_masks)
     if args.adapter == "albumentations":
-        from detmix.albumentations import preview_grid as render
+        from detmix.preview import preview_grid as render
         options = {"bbox_format": args.format}
     else:
         render, options = preview_dataset, {}

@@ -40,11 +40,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from detmix.albumentations import METADATA_KEY
 from detmix.coco import BOX_OVERSHOOT, annotations_to_target, decode_masks
 from detmix.functional import box_region_masks
 
 logger = logging.getLogger(__name__)
+
+#: The key under which an item carries its partner items for detmix's Albumentations transforms
+#: (Albumentations' own Mosaic uses "mosaic_metadata").
+METADATA_KEY = "mix_metadata"
 
 __all__ = [
     "BboxFormat",

@@ -4,7 +4,7 @@
 
 Random pairs of the embedded synthetic dataset (never COCO photographs) go through
 ``A.Compose([HorizontalFlip, OneOfMix.from_recipe("deit"), Affine, RandomBrightnessContrast])`` by
-:func:`detmix.albumentations.preview_grid`, which draws each tile from the pipeline's output alone:
+:func:`detmix.preview.preview_grid`, which draws each tile from the pipeline's output alone:
 boxes converted back from the pipeline's format, captioned with class and ``mix_weights``, orange
 for the sample and blue for its partner (an extra label field that rides through the pipeline).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detmix.albumentations import preview_grid
+from detmix.preview import preview_grid
 from detmix.coco import CocoDetectionSource
 from detmix.synthetic import default_dataset
 from detmix.preview import save

@@ -570,7 +570,7 @@ def test_docs_snippet_runs(photos):
 def test_preview_grid_draws_the_pipeline_output(tmp_path):
     from detmix.coco import CocoDetectionSource
     from detmix.synthetic import make_synthetic_coco
-    from detmix.albumentations import preview_grid
+    from detmix.preview import preview_grid
 
     data = make_synthetic_coco(tmp_path, num_train=3, num_val=1, image_size=(64, 96), seed=4, max_objects=3)
     source = CocoDetectionSource(data.train_annotations, data.train_images)

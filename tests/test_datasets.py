@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -310,3 +312,10 @@ def test_coco_annotations_that_poke_out_are_clipped_or_left_out_and_said(caplog)
     assert any(level == logging.INFO and "image 3" in text and "clipped 1 box" in text
                for level, text in records), records
     assert any(level == logging.WARNING and "image 3" in text and "[8]" in text for level, text in records), records
+
+
+def test_datasets_do_not_import_the_albumentations_adapter():
+    """detmix.datasets and detmix.albumentations imported each other; the adapter now depends on
+    the datasets (for METADATA_KEY) and not the other way round."""
+    code = "import sys, detmix.datasets; assert 'detmix.albumentations' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
