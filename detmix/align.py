@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 from array_api_compat import array_namespace
 
-from detmix._sample import Parsed, parse_sample
+from detmix._parse import Parsed, parse_sample
 from detmix.functional import check_cut_box
 
 __all__ = ["align_canvas", "align_pair", "canvas_size", "place_sample", "resize_sample"]

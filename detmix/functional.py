@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from array_api_compat import array_namespace, device, is_numpy_array
 
-from detmix._sample import Crowd, Parsed, split_extras
+from detmix._parse import Crowd, Parsed, split_extras
 
 __all__ = [
     "DropReason",

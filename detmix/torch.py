@@ -35,8 +35,8 @@ from array_api_compat import array_namespace
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from detmix import functional as F
-from detmix._sample import CROWD_KEYS, Crowd, _parse_crowd, clip_edge_drift
+from detmix import functional as kernels  # not F: in torch code that reads as torch.nn.functional
+from detmix._parse import CROWD_KEYS, Crowd, _parse_crowd, clip_edge_drift
 from detmix.modes import get_mode, mode_names
 from detmix.recipes import Recipe, load_recipe
 from detmix.sampling import MixParams, sample_params
@@ -852,11 +852,11 @@ class BatchMix:
             sl = slice(0, num_cut)
             cut_rows = cut_t.index_select(0, out_img[sl]).to(dtype)
             if masks is not None:
-                m, vis, tight = F.cutmix_masks(masks[sl], cut_rows, pasted[sl], dtype)
-                b = F.visible_boxes(row_boxes[sl], tight, vis)
+                m, vis, tight = kernels.cutmix_masks(masks[sl], cut_rows, pasted[sl], dtype)
+                b = kernels.visible_boxes(row_boxes[sl], tight, vis)
                 new_masks.append(m)
             else:
-                b, vis = F.cutmix_boxes(row_boxes[sl], cut_rows, pasted[sl])
+                b, vis = kernels.cutmix_boxes(row_boxes[sl], cut_rows, pasted[sl])
             new_boxes.append(b)
             reason, weight = _rules(self.recipe, "cut", b, vis, share[sl], row_mode[sl], rows.mode[sl])
             reasons.append(reason)
@@ -956,9 +956,9 @@ class BatchMix:
             if pair[0] is None and pair[1] is None:
                 continue
             if kinds[i] == "blend":
-                mixed = F.mix_crowd(*pair, height, width, lam=float(params.lam[i]))
+                mixed = kernels.mix_crowd(*pair, height, width, lam=float(params.lam[i]))
             else:  # a cut box (zeros for an unmixed image)
-                mixed = F.mix_crowd(*pair, height, width, cut=tuple(int(v) for v in params.cut[i].tolist()))
+                mixed = kernels.mix_crowd(*pair, height, width, cut=tuple(int(v) for v in params.cut[i].tolist()))
             boxes = mixed["crowd_boxes"]
             given = batch.targets[i].get("crowd_boxes")
             if isinstance(given, tv_tensors.BoundingBoxes):
@@ -1060,11 +1060,11 @@ def _mix_pixels(a, b, cut, lam4, blend) -> torch.Tensor:
     :func:`~detmix.functional.cutmix_image` (unmixed and blended images have an empty cut)."""
     is_mixup = blend
     if is_mixup.all():
-        return F.mixup_image(a, b, lam4)
-    out = F.cutmix_image(a, b, cut, "CHW")
+        return kernels.mixup_image(a, b, lam4)
+    out = kernels.cutmix_image(a, b, cut, "CHW")
     if is_mixup.any():
         idx = _to_device(np.flatnonzero(is_mixup), a.device)
-        blended = F.mixup_image(_take(a, idx), _take(b, idx), lam4.index_select(0, idx))
+        blended = kernels.mixup_image(_take(a, idx), _take(b, idx), lam4.index_select(0, idx))
         out = out.contiguous()
         out.view(out.shape[0], -1).index_copy_(0, idx, blended.reshape(blended.shape[0], -1))
     return out

@@ -15,7 +15,7 @@ from array_api_compat import device
 
 from detmix import functional as F
 from detmix._fields import BoxRules
-from detmix._sample import check_pair, parse_sample
+from detmix._parse import check_pair, parse_sample
 from detmix.modes import Mode, register
 from detmix.sampling import MixParams, sample_cut_box, sample_lam
 

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 
 from detmix import functional as F
 from detmix._fields import Number, Thresholds, Unit
-from detmix._sample import parse_sample
+from detmix._parse import parse_sample
 from detmix.modes import Mode, register
 from detmix.modes.cutmix import check_cut_params, cutmix
 from detmix.sampling import MixParams, sample_cut_box

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from detmix._fields import BoxRules, Number
-from detmix._sample import parse_sample
+from detmix._parse import parse_sample
 from detmix.modes import Mode, register
 from detmix.modes.cutmix import cutmix
 from detmix.sampling import MixParams, sample_lam

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from detmix import functional as F
 from detmix._fields import Alpha, MixConfig, Unit
-from detmix._sample import check_pair, parse_sample
+from detmix._parse import check_pair, parse_sample
 from detmix.modes import Mode, register
 from detmix.sampling import MixParams, sample_lam
 

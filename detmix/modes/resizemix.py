@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 
 from detmix import functional as F
 from detmix._fields import BoxRules, Unit
-from detmix._sample import parse_sample
+from detmix._parse import parse_sample
 from detmix.align import place_sample, resize_sample
 from detmix.modes import Mode, register
 from detmix.modes.cutmix import cutmix

@@ -1,4 +1,4 @@
-"""Checking and unpacking of detmix samples (internal).
+"""Parsing and checking of detmix samples (internal; the random draws are in :mod:`detmix.sampling`).
 
 A sample is a plain dict::
 
