@@ -53,8 +53,8 @@ def resizemix(
     canvas; ``b`` may have any size), onto ``a``. ``b``'s boxes and masks are scaled and shifted
     with its pixels (one resize, as ``align_pair(..., "resize")``), then the pair is a CutMix with
     ``paste_box`` as the cut: the result has :func:`~detmix.functional.cutmix`'s keys. With
-    masks, each of ``b``'s boxes becomes the tight box of its resized mask, clipped to its scaled
-    box: a resize moves every pixel, so no box of ``b`` is "untouched"."""
+    masks, each of ``b``'s boxes becomes the tight box of its resized mask: a resize moves every
+    pixel, so no box of ``b`` is "untouched" and its mask is the truth."""
     pa = parse_sample(a, "a")
     x1, y1, x2, y2 = F.check_cut_box(paste_box, pa.height, pa.width, name="paste_box")
     if x2 <= x1 or y2 <= y1:
@@ -67,18 +67,17 @@ def resizemix(
 
 
 def _tight_to_masks(sample: dict[str, Any]) -> dict[str, Any]:
-    """With masks, a resized box is the tight box of its resized mask clipped to the scaled box
-    (the masks were resampled by nearest neighbour, so the scaled box is no longer exact); boxes
-    of empty masks and boxes without masks are kept as scaled."""
+    """With masks, a resized box is the tight box of its resized mask: the resize moved every
+    pixel and the mask (resampled by nearest neighbour) is what the output shows, so the scaled
+    box is no longer exact and nothing of ``b`` is "untouched". A box whose mask vanished in the
+    resize keeps its scaled box (and then counts as invisible: its mask is empty)."""
     p = parse_sample(sample, "b")
     if p.masks is None or not p.num_boxes:
         return sample
     xp = p.xp
     tight = F.masks_to_boxes(p.masks, p.boxes.dtype)
-    clipped = xp.concat([xp.maximum(p.boxes[:, :2], tight[:, :2]), xp.minimum(p.boxes[:, 2:], tight[:, 2:])], axis=1)
-    empty = xp.any(p.masks != 0, axis=(1, 2))
-    ok = empty & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    return {**sample, "boxes": xp.where(ok[:, None], clipped, p.boxes)}
+    shown = xp.any(p.masks != 0, axis=(1, 2))
+    return {**sample, "boxes": xp.where(shown[:, None], tight, p.boxes)}
 
 
 class ResizeMix(Mode):
