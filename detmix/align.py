@@ -69,14 +69,18 @@ def _on_canvas(p: Parsed, source: Any, shape: tuple[int, ...], rows: slice, cols
     return out
 
 
+def _canvas_shape(p: Parsed, height: int, width: int) -> tuple[int, ...]:
+    """The shape of an image of ``p``'s layout and channels on a ``height x width`` canvas."""
+    if p.layout == "CHW":
+        return (p.image.shape[0], height, width)
+    if p.layout == "HWC":
+        return (height, width, p.image.shape[2])
+    return (height, width)
+
+
 def _pad_image(p: Parsed, height: int, width: int, fill: float, window: Window | None = None) -> Any:
     """``p``'s image top-left on a ``fill`` canvas; with ``window``, only its pixels inside it."""
-    if p.layout == "CHW":
-        shape = (p.image.shape[0], height, width)
-    elif p.layout == "HWC":
-        shape = (height, width, p.image.shape[2])
-    else:
-        shape = (height, width)
+    shape = _canvas_shape(p, height, width)
     x1, y1, x2, y2 = (0, 0, p.width, p.height) if window is None else window
     return _on_canvas(p, p.image, shape, slice(y1, min(y2, p.height)), slice(x1, min(x2, p.width)), fill)
 
@@ -301,13 +305,7 @@ def place_sample(sample: dict[str, Any], box: Sequence[int], height: int, width:
         raise ValueError(f"{name} must be the size of box {list(box)} ({y2 - y1}x{x2 - x1}), got {p.height}x{p.width}")
     xp = p.xp
     dev = getattr(p.boxes, "device", None)
-    if p.layout == "CHW":
-        shape = (p.image.shape[0], height, width)
-    elif p.layout == "HWC":
-        shape = (height, width, p.image.shape[2])
-    else:
-        shape = (height, width)
-    image = xp.full(shape, fill, dtype=p.image.dtype, device=getattr(p.image, "device", None))
+    image = xp.full(_canvas_shape(p, height, width), fill, dtype=p.image.dtype, device=getattr(p.image, "device", None))
     if p.layout == "CHW":
         image[:, y1:y2, x1:x2] = p.image
     else:

@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import Field
 
 from detmix._fields import BoxRules
-from detmix.modes import Mode, register
-from detmix.modes.cutmix import check_cut_params, cutmix
+from detmix.modes import register
+from detmix.modes.cutmix import CutMix
 from detmix.sampling import MixParams, cut_box_for, sample_lam
 
 __all__ = ["SaliencyMix", "SaliencyMixConfig", "salient_point", "spectral_residual"]
@@ -78,11 +78,12 @@ def salient_point(image: Any) -> tuple[int, int]:
     return min(width - 1, int((x + 0.5) * width / small_w)), min(height - 1, int((y + 0.5) * height / small_h))
 
 
-class SaliencyMix(Mode):
+class SaliencyMix(CutMix):
+    """CutMix in all but the draw of the cut's centre (so its records, kernel and batch path are
+    CutMix's)."""
+
     name = "saliencymix"
     config = SaliencyMixConfig
-    uses_cut_box = True
-    batch_kind = "cut"
     reads_partner = True
 
     def sample(self, rng: Any, cfg: SaliencyMixConfig, height: int, width: int, partners: Any = ()) -> MixParams:
@@ -103,16 +104,6 @@ class SaliencyMix(Mode):
             centre = salient_point(partner["image"])
         box, lam = cut_box_for(lam, centre, height, width)
         return MixParams(self.name, lam, box, (int(height), int(width)))
-
-    def check(self, params: MixParams) -> None:
-        check_cut_params(params)
-
-    def apply(self, a: dict, partners: Any, params: MixParams, cfg: SaliencyMixConfig, box_keys: Any = None) -> dict:
-        return cutmix(a, partners[0], params.cut_box, min_visibility=cfg.min_visibility, min_area=cfg.min_area,
-                      min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
-
-    def window(self, params: MixParams) -> tuple[int, int, int, int]:
-        return params.cut_box
 
 
 register(SaliencyMix())
