@@ -220,6 +220,8 @@ class _RecipeMixSchema(_MixSchema):
     model_config = ConfigDict(title="RecipeMix")
 
     recipe: Any  # a name, a path, a dict or a Recipe
+    align: Literal["pad", "resize"] | None = None  # None: the recipe's
+    p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None  # None: the recipe's prob
 
     @model_validator(mode="after")
     def _as_recipe(self) -> _RecipeMixSchema:
@@ -614,9 +616,9 @@ class BoxCutMix(_BoxMix):
     def from_recipe(cls, recipe: str | Recipe | dict, **overrides: Any) -> BoxCutMix:
         """The CutMix of a recipe with only a ``cutmix`` section (``p`` is the recipe's ``prob``)."""
         recipe = load_recipe(recipe)
-        if recipe.cutmix is None or recipe.mixup is not None:
-            raise ValueError(f"recipe {recipe.name!r} must have only a 'cutmix' section for BoxCutMix; "
-                             "use detmix.albumentations.from_recipe for any recipe")
+        if set(recipe.sections()) != {"cutmix"}:
+            raise ValueError(f"recipe {recipe.name!r} must have only a 'cutmix' section for BoxCutMix, got "
+                             f"{sorted(recipe.sections())}; use detmix.albumentations.from_recipe for any recipe")
         return cls(**{**recipe.cutmix.model_dump(), "align": recipe.align, "p": recipe.prob, **overrides})
 
 
@@ -673,9 +675,9 @@ class BoxMixUp(_BoxMix):
     def from_recipe(cls, recipe: str | Recipe | dict, **overrides: Any) -> BoxMixUp:
         """The MixUp of a recipe with only a ``mixup`` section (``p`` is the recipe's ``prob``)."""
         recipe = load_recipe(recipe)
-        if recipe.mixup is None or recipe.cutmix is not None:
-            raise ValueError(f"recipe {recipe.name!r} must have only a 'mixup' section for BoxMixUp; "
-                             "use detmix.albumentations.from_recipe for any recipe")
+        if set(recipe.sections()) != {"mixup"}:
+            raise ValueError(f"recipe {recipe.name!r} must have only a 'mixup' section for BoxMixUp, got "
+                             f"{sorted(recipe.sections())}; use detmix.albumentations.from_recipe for any recipe")
         return cls(**{**recipe.mixup.model_dump(), "align": recipe.align, "p": recipe.prob, **overrides})
 
 
@@ -741,9 +743,9 @@ class OneOfMix(_BoxMix):
         """The switch of a recipe with both sections, e.g. ``OneOfMix.from_recipe("deit")``
         (``p`` is the recipe's ``prob``)."""
         recipe = load_recipe(recipe)
-        if recipe.mixup is None or recipe.cutmix is None:
-            raise ValueError(f"recipe {recipe.name!r} must have both 'mixup' and 'cutmix' for OneOfMix; "
-                             "use detmix.albumentations.from_recipe for any recipe")
+        if set(recipe.sections()) != {"cutmix", "mixup"} or recipe.odds is not None:
+            raise ValueError(f"recipe {recipe.name!r} must have exactly 'mixup' and 'cutmix' (and no odds) for OneOfMix, "
+                             f"got {sorted(recipe.sections())}; use detmix.albumentations.from_recipe for any recipe")
         return cls(**{"mixup": recipe.mixup.model_dump(), "cutmix": recipe.cutmix.model_dump(),
                       "switch_prob": recipe.switch_prob, "align": recipe.align, "p": recipe.prob, **overrides})
 
@@ -765,7 +767,7 @@ class RecipeMix(_BoxMix):
 
     Examples:
         >>> RecipeMix("fmix")  # doctest: +SKIP
-        >>> RecipeMix({"cutout": {"lam_clamp": [0.8, 0.9]}, "fmix": {}, "odds": {"cutout": 1, "fmix": 2}})  # doctest: +SKIP
+        >>> RecipeMix({"cutout": {"area": [0.1, 0.2]}, "fmix": {}, "odds": {"cutout": 1, "fmix": 2}})  # doctest: +SKIP
     """
 
     InitSchema = _RecipeMixSchema
@@ -807,4 +809,4 @@ def from_recipe(recipe: str | Recipe | dict, **overrides: Any) -> BoxCutMix | Bo
         return OneOfMix.from_recipe(recipe, **overrides)
     if len(names) == 1 and names <= set(classic):
         return classic[names.pop()].from_recipe(recipe, **overrides)
-    return RecipeMix(recipe, **{"align": recipe.align, **overrides})
+    return RecipeMix(recipe, **{"align": recipe.align, "p": recipe.prob, **overrides})

@@ -159,17 +159,20 @@ def make_grid(images: Sequence[Image.Image], cols: int = 4, *, pad: int = 4,
     return grid
 
 
-def dropped_input_boxes(a: Mapping[str, Any], b: Mapping[str, Any], out: Mapping[str, Any]) -> np.ndarray:
+def dropped_input_boxes(
+    a: Mapping[str, Any], b: Mapping[str, Any], out: Mapping[str, Any], *, partner: bool = True
+) -> np.ndarray:
     """Input boxes of the annotations a mix dropped that are worth showing: every dropped box
     of ``a`` (objects that were covered) and the boxes of ``b`` that reached into the cut but
-    fell under a threshold (``b``'s boxes that were simply not pasted are left out)."""
+    fell under a threshold (``b``'s boxes that were simply not pasted are left out; all of them
+    with ``partner=False``, for a mode that moved the partner's geometry)."""
     from detmix.functional import DropReason
 
     dropped = out["dropped"]
     boxes = [
         _numpy((a, b)[int(s)]["boxes"])[int(i)]
         for s, i, r in zip(_numpy(dropped["source"]), _numpy(dropped["index"]), _numpy(dropped["reason"]))
-        if int(s) == 0 or int(r) != DropReason.INVISIBLE
+        if int(s) == 0 or (partner and int(r) != DropReason.INVISIBLE)
     ]
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 
@@ -201,12 +204,15 @@ def preview_dataset(
     tiles, records = [], []
     for _ in range(num):
         i, j = (int(v) for v in rng.choice(len(source), size=2, replace=False))
-        a, b = align_pair(source[i], source[j], mixer.recipe.align)
-        out = mixer(a, b, rng)
+        a, b = source[i], source[j]
+        out = mixer(a, b, rng)  # it aligns b as the mode needs (ResizeMix resizes it once, itself)
         params = out["params"]
-        title = get_mode(params.mode).describe(params)
-        tiles.append(draw_sample(out, category_names, width=tile_width, title=title,
-                                 dropped_boxes=dropped_input_boxes(a, b, out), cut_box=params.cut_box))
+        mode = get_mode(params.mode)
+        # Dropped boxes are drawn where they were on the canvas; a resized partner's were elsewhere.
+        a, b = align_pair(a, b, mixer.recipe.align)
+        dropped = dropped_input_boxes(a, b, out, partner=not mode.resizes_partner)
+        tiles.append(draw_sample(out, category_names, width=tile_width, title=mode.describe(params),
+                                 dropped_boxes=dropped, cut_box=mode.outline(params)))
         records.append({"a": i, "b": j, "params": params.to_dict(), "kept": int(len(out["boxes"])),
                         "dropped": int(len(out["dropped"]["index"])),
                         "crowd": int(len(out["crowd_boxes"])) if "crowd_boxes" in out else 0})

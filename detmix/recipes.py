@@ -85,10 +85,19 @@ class _RecipeBase(StrictModel):
         if not present:
             names = [n for n in mode_names() if get_mode(n).config is not None]
             raise ValueError(f"a recipe needs at least one mode section of {names} (e.g. 'mixup', 'cutmix' or both)")
+        deit = set(present) == {"cutmix", "mixup"} and self.odds is None
+        if self.switch_prob != 0.5 and not deit:
+            raise ValueError(
+                f"switch_prob is the DeiT switch of a recipe of CutMix and MixUp alone (and no odds); this recipe has "
+                f"{list(present)}" + (" and odds" if self.odds is not None else "") + ": give the modes' odds instead"
+            )
         if self.odds is not None:
             unknown = sorted(set(self.odds) - set(present))
             if unknown:
                 raise ValueError(f"odds names {unknown}, which the recipe has no section for (it has {list(present)})")
+            missing = sorted(set(present) - set(self.odds))
+            if missing:
+                raise ValueError(f"odds must give every mode of the recipe its odds (0 to never draw it), missing {missing}")
             if any(v < 0 or not np.isfinite(v) for v in self.odds.values()) or sum(self.odds.values()) <= 0:
                 raise ValueError(f"odds must be finite numbers >= 0 with a positive sum, got {self.odds}")
         return self

@@ -58,9 +58,11 @@ class MixParams:
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
         object.__setattr__(self, "lam", float(self.lam))
         if self.cut_box is not None:
-            object.__setattr__(self, "cut_box", tuple(int(v) if float(v) == int(v) else v for v in self.cut_box))
+            object.__setattr__(self, "cut_box", _whole(self.cut_box, "cut_box", 4))
         if self.canvas is not None:
-            object.__setattr__(self, "canvas", tuple(int(v) for v in self.canvas))
+            object.__setattr__(self, "canvas", _whole(self.canvas, "canvas", 2))
+            if min(self.canvas) < 1:
+                raise ValueError(f"canvas must be (height, width) >= 1, got {list(self.canvas)}")
         if (self.cut_box is not None) != mode.uses_cut_box:
             cut_modes = [n for n in mode_names() if get_mode(n).uses_cut_box]
             raise ValueError(f"cut_box must be given for the modes {cut_modes} and only then, got mode={self.mode!r}, "
@@ -68,11 +70,11 @@ class MixParams:
         extra = dict(self.extra)
         unknown = sorted(set(extra) - set(mode.extra_keys))
         missing = sorted(set(mode.extra_keys) - set(extra))
-        if unknown or missing:
-            raise ValueError(
-                f"mode {self.mode!r} takes the parameters {list(mode.extra_keys)} besides lam, cut_box and canvas; "
-                + (f"unknown: {unknown}" if unknown else f"missing: {missing}")
-            )
+        takes = f"mode {self.mode!r} takes {list(mode.extra_keys)} besides lam, cut_box and canvas"
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not a parameter of mode {self.mode!r} ({takes})")
+        if missing:
+            raise ValueError(f"{missing[0]} must be given for mode {self.mode!r} ({takes})")
         object.__setattr__(self, "extra", MappingProxyType(extra))
         mode.check(self)
 
@@ -96,17 +98,28 @@ class MixParams:
         """The :class:`MixParams` that :meth:`to_dict` wrote (records of earlier versions too)."""
         if not isinstance(data, Mapping) or "mode" not in data or "lam" not in data:
             raise ValueError(f"params must be a dict with 'mode' and 'lam', got {data!r:.120}")
-        cut = data.get("cut_box")
-        canvas = data.get("canvas")
         extra = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
                  if k not in ("mode", "lam", "cut_box", "canvas")}
         return cls(
             mode=data["mode"],
             lam=float(data["lam"]),
-            cut_box=None if cut is None else tuple(int(v) for v in cut),
-            canvas=None if canvas is None else tuple(int(v) for v in canvas),
+            cut_box=_whole(data.get("cut_box"), "cut_box", 4),
+            canvas=_whole(data.get("canvas"), "canvas", 2),
             extra=extra,
         )
+
+
+def _whole(value: Any, name: str, length: int) -> tuple[int, ...] | None:
+    """A record's list of whole pixels as ints (a fraction is refused, never truncated)."""
+    if value is None:
+        return None
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {length} whole numbers, got {value!r}") from None
+    if len(values) != length or not all(math.isfinite(v) and v == int(v) for v in values):
+        raise ValueError(f"{name} must be {length} whole numbers, got {list(value)!r}")
+    return tuple(int(v) for v in values)
 
 
 def as_numpy_generator(generator: Any) -> np.random.Generator:

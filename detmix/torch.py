@@ -303,6 +303,12 @@ class BatchMix:
         size_divisible: int = 1,
     ) -> None:
         self.recipe = load_recipe(recipe)
+        several = {n: get_mode(n).partners for n in self.recipe.sections() if get_mode(n).partners != 1}
+        if several:
+            raise ValueError(
+                f"BatchMix pairs each image with one partner of the batch; recipe {self.recipe.name!r} has modes that "
+                f"take another number of partners: {several}"
+            )
         if per not in ("batch", "pair"):
             raise ValueError(f"per must be 'batch' or 'pair', got {per!r}")
         self.per = per

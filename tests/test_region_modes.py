@@ -227,6 +227,8 @@ def test_albumentations_recipe_mix_equals_the_core(photos, name):
     from detmix.albumentations import RecipeMix, from_recipe
     from detmix.datasets import to_albumentations_item
 
+    assert isinstance(from_recipe(name), RecipeMix) and from_recipe(name).p == 1.0  # the recipe's prob
+    assert RecipeMix(name).align == load_recipe(name).align
     mix = from_recipe(name, p=1.0)
     assert isinstance(mix, RecipeMix)
     tf = A.Compose([mix], bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]),
@@ -287,3 +289,30 @@ def test_saliency_is_not_drawn_to_the_border(photos):
         x, y = salient_point(s["image"])
         near += min(x, width - 1 - x) < 0.05 * width or min(y, height - 1 - y) < 0.05 * height
     assert near <= 1
+
+
+def test_cutout_fill_must_be_a_value_of_the_image_dtype():
+    a = make_sample(10, 10, [[1, 1, 5, 5]])
+    for fill in (300, -1, 2.5):
+        with pytest.raises(ValueError, match=r"fill must be a whole number in \[0, 255\] for a uint8 image"):
+            F.cutout(a, (0, 0, 5, 5), fill=fill)
+        with pytest.raises(ValueError, match=r"fill must be a whole number in \[0, 255\] for a uint8 image"):
+            F.cutout(to_torch(a), (0, 0, 5, 5), fill=fill)
+    assert (F.cutout(a, (0, 0, 5, 5), fill=255.0)["image"][:5, :5] == 255).all()
+    floats = make_sample(10, 10, [[1, 1, 5, 5]], dtype=np.float32)
+    assert (F.cutout(floats, (0, 0, 5, 5), fill=0.5)["image"][:5, :5] == 0.5).all()
+    with pytest.raises(ValueError, match="less than or equal to 255"):
+        load_recipe({"cutout": {"fill": 300}})
+
+
+def test_pictures_outline_the_paste_box_and_leave_out_a_resized_partner_s_drops():
+    from detmix.preview import dropped_input_boxes
+
+    a = make_sample(40, 60, [[0, 0, 20, 20]], fill=50)
+    b = make_sample(40, 60, [[50, 30, 60, 40]], fill=200)
+    out = F.resizemix(a, b, (0, 0, 10, 10), min_size=2)  # b's box shrinks under min_size: dropped
+    out["params"] = MixParams("resizemix", 1 - 100 / 2400, None, (40, 60), {"paste_box": (0, 0, 10, 10)})
+    assert out["dropped"]["source"].tolist() == [1]
+    assert get_mode("resizemix").outline(out["params"]) == (0, 0, 10, 10)
+    assert dropped_input_boxes(a, b, out, partner=False).shape == (0, 4)  # its input place is not where it was
+    np.testing.assert_array_equal(dropped_input_boxes(a, b, out), [[50, 30, 60, 40]])

@@ -79,8 +79,20 @@ def test_params_record_round_trips_and_validates():
         MixParams("cutmix", 0.75, (1, 2, 3, 4), (10, 20))
     with pytest.raises(ValueError, match="lam must be 1 for mode 'none'"):
         MixParams("none", 0.5)
-    with pytest.raises(ValueError, match=r"mode 'mixup' takes the parameters \[\] .* unknown: \['seed'\]"):
+    with pytest.raises(ValueError, match=r"seed is not a parameter of mode 'mixup' \(mode 'mixup' takes \[\]"):
         MixParams.from_dict({"mode": "mixup", "lam": 0.5, "seed": 3})
+    with pytest.raises(ValueError, match=r"decay must be given for mode 'fmix'"):
+        MixParams.from_dict({"mode": "fmix", "lam": 0.5, "seed": 3, "canvas": [10, 10]})
+    # a record's pixels are whole: a fraction is refused, never truncated
+    with pytest.raises(ValueError, match=r"cut_box must be 4 whole numbers, got \[0.7, 0, 10.9, 10\]"):
+        MixParams.from_dict({"mode": "cutmix", "lam": 0.5, "cut_box": [0.7, 0, 10.9, 10], "canvas": [10, 20]})
+    with pytest.raises(ValueError, match=r"canvas must be 2 whole numbers"):
+        MixParams.from_dict({"mode": "mixup", "lam": 0.5, "canvas": [48.9, 64]})
+    # without a canvas the box is still checked
+    with pytest.raises(ValueError, match=r"cut_box must satisfy 0 <= x1 <= x2 and 0 <= y1 <= y2, got \[10, 0, 5, 48\]"):
+        MixParams("cutmix", 0.5, (10, 0, 5, 48))
+    with pytest.raises(ValueError, match=r"paste_box must satisfy 0 <= x1 < x2 and 0 <= y1 < y2"):
+        MixParams("resizemix", 0.5, None, None, {"paste_box": (10, 0, 5, 48)})
 
 
 # ---------------------------------------------------------------- recipes
@@ -135,6 +147,10 @@ def test_recipes_dir_adds_to_the_packaged_recipes(tmp_path, monkeypatch):
         ({}, r"a recipe needs at least one mode section of \['mixup', 'cutmix'"),
         ({"mixup": {}, "blur": {}}, r"unknown recipe key 'blur': a recipe has \['name', .*\] and one section per mode"),
         ({"mixup": {}, "odds": {"cutmix": 1}}, r"odds names \['cutmix'\], which the recipe has no section for"),
+        ({"cutmix": {}, "fmix": {}, "odds": {"cutmix": 1}}, r"odds must give every mode of the recipe its odds .* \['fmix'\]"),
+        ({"cutmix": {}, "mixup": {}, "fmix": {}, "switch_prob": 0.9}, r"switch_prob is the DeiT switch of a recipe of "
+         r"CutMix and MixUp alone"),
+        ({"cutmix": {}, "mixup": {}, "switch_prob": 0.9, "odds": {"cutmix": 1, "mixup": 1}}, r"switch_prob is the DeiT"),
         ({"mixup": {}, "align": "crop"}, r"align\n  Input should be 'pad' or 'resize'"),
     ],
 )

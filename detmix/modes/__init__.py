@@ -49,7 +49,10 @@ class Mode:
         extra_keys: ``MixParams`` keys of this mode beyond ``mode``, ``lam``, ``cut_box`` and
             ``canvas`` (e.g. ResizeMix's ``paste_box``), carried in ``MixParams.extra``.
         uses_cut_box: whether ``MixParams.cut_box`` is given (and only then).
-        batch_kind: see :data:`BatchKind`.
+        batch_kind: see :data:`BatchKind`. A mode that sets ``"cut"`` or ``"blend"`` promises
+            that its :meth:`apply` is that kernel (the CutMix rule with its ``cut_box`` and its
+            :meth:`row_rules`, or the MixUp blend): BatchMix applies the kernel, not ``apply``.
+            Such a mode has no :attr:`extra_keys`.
         partners: how many samples besides ``a`` the kernel takes: 1 for the pair modes (Cutout
             takes one and reads none of it, so that every face can pair it), more for a mode
             that mixes several images into one (Mosaic: 3).
@@ -107,6 +110,10 @@ class Mode:
                                 min_size=cfg.min_size)
         return reason, F.box_weights(cfg.weight, visibility, share)
 
+    def outline(self, params: MixParams) -> tuple[int, int, int, int] | None:
+        """The box a picture outlines (the cut box; ResizeMix's paste box), or None."""
+        return params.cut_box
+
     def describe(self, params: MixParams) -> str:
         """A short caption (previews, logs)."""
         return f"{self.name}  lam={params.lam:.2f}"
@@ -125,6 +132,15 @@ def register(mode: Mode) -> Mode:
     name = getattr(mode, "name", None)
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"mode.name must be an identifier not starting with '_', got {name!r}")
+    if mode.batch_kind not in ("cut", "blend", None):
+        raise ValueError(f"mode.batch_kind must be 'cut', 'blend' or None, got {mode.batch_kind!r}")
+    if mode.batch_kind is not None and mode.extra_keys:
+        raise ValueError(
+            f"mode {name!r} has its own parameters {list(mode.extra_keys)}, which the vectorised {mode.batch_kind!r} "
+            "batch path cannot apply: set batch_kind = None (BatchMix then runs it pair by pair)"
+        )
+    if isinstance(mode.partners, bool) or not isinstance(mode.partners, int) or mode.partners < 0:
+        raise ValueError(f"mode.partners must be an int >= 0, got {mode.partners!r}")
     reserved = {"name", "description", "prob", "switch_prob", "odds", "align"}
     if name in reserved:
         raise ValueError(f"mode.name must not be a recipe field {sorted(reserved)}, got {name!r}")

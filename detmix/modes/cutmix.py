@@ -123,6 +123,9 @@ def cutmix(
 def check_cut_params(params: MixParams) -> None:
     """``cut_box`` given, inside ``canvas`` (when known) and ``lam = 1 - area / (H * W)``: the
     check of every mode whose parameters are a cut box."""
+    x1, y1, x2, y2 = params.cut_box
+    if not (0 <= x1 <= x2 and 0 <= y1 <= y2):
+        raise ValueError(f"cut_box must satisfy 0 <= x1 <= x2 and 0 <= y1 <= y2, got {list(params.cut_box)}")
     if params.canvas is None:
         return
     x1, y1, x2, y2 = F.check_cut_box(params.cut_box, *params.canvas)

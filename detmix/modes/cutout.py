@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from detmix import functional as F
@@ -28,7 +29,7 @@ class CutoutConfig(Thresholds):
     CutMix thresholds for the boxes."""
 
     area: tuple[Unit, Unit] = Field(default=(0.05, 0.25), description="[low, high] share of the canvas erased")
-    fill: Number = Field(default=0.0, ge=-1e6, le=1e6, description="value of the erased pixels")
+    fill: Number = Field(default=0.0, ge=0.0, le=255.0, description="value of the erased pixels (uint8: a whole number)")
 
     @field_validator("area")
     @classmethod
@@ -56,6 +57,7 @@ def cutout(
     pa = parse_sample(a, "a")
     xp = pa.xp
     dev = getattr(pa.image, "device", None)
+    _check_fill(fill, pa.image.dtype, xp)
     blank: dict[str, Any] = {
         "image": xp.full(pa.image.shape, fill, dtype=pa.image.dtype, device=dev),
         "boxes": xp.zeros((0, 4), dtype=pa.boxes.dtype, device=dev),
@@ -68,6 +70,16 @@ def cutout(
             blank[key] = value[:0]
     return cutmix(a, blank, cut_box, region=region, min_visibility=min_visibility, min_area=min_area,
                   min_size=min_size, weight=weight, box_keys=box_keys)
+
+
+def _check_fill(fill: Any, dtype: Any, xp: Any) -> None:
+    """``fill`` must be a finite number the image's dtype holds as it is: for uint8, a whole
+    number in [0, 255] (numpy would wrap 300 to 44, torch would refuse it)."""
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not np.isfinite(fill):
+        raise ValueError(f"fill must be a finite number, got {fill!r}")
+    if xp.isdtype(dtype, "integral"):
+        if fill != int(fill) or not (0 <= fill <= 255):
+            raise ValueError(f"fill must be a whole number in [0, 255] for a uint8 image, got {fill!r}")
 
 
 class Cutout(Mode):

@@ -55,14 +55,14 @@ class FMix(Mode):
     def sample(self, rng: Any, cfg: FMixConfig, height: int, width: int, partners: Any = ()) -> MixParams:
         lam = sample_lam(rng, cfg.alpha, cfg.lam_clamp)
         count = int(round((1.0 - lam) * height * width))
-        seed = int(rng.integers(0, 2**63 - 1))
+        seed = int(rng.integers(0, 2**53))  # exact as a JSON number anywhere (a double holds 53 bits)
         return MixParams(self.name, 1.0 - count / (height * width), None, (int(height), int(width)),
                          {"seed": seed, "decay": float(cfg.decay)})
 
     def check(self, params: MixParams) -> None:
         seed, decay = params["seed"], params["decay"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**63):
-            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**53):
+            raise ValueError(f"seed must be an int in [0, 2**53) (a JSON number's exact range), got {seed!r}")
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0 < decay <= 10):
             raise ValueError(f"decay must be a number in (0, 10], got {decay!r}")
         if params.canvas is None:

@@ -97,6 +97,8 @@ class ResizeMix(Mode):
         box = params["paste_box"]
         if not (isinstance(box, tuple) and len(box) == 4 and all(isinstance(v, int) for v in box)):
             raise ValueError(f"paste_box must be 4 whole pixels (x1, y1, x2, y2), got {box!r}")
+        if not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+            raise ValueError(f"paste_box must satisfy 0 <= x1 < x2 and 0 <= y1 < y2, got {list(box)}")
         if params.canvas is None:
             return
         height, width = params.canvas
@@ -111,8 +113,8 @@ class ResizeMix(Mode):
         return resizemix(a, partners[0], params["paste_box"], min_visibility=cfg.min_visibility, min_area=cfg.min_area,
                          min_size=cfg.min_size, weight=cfg.weight, box_keys=box_keys)
 
-    def describe(self, params: MixParams) -> str:
-        return f"resizemix  lam={params.lam:.2f}"
+    def outline(self, params: MixParams) -> tuple[int, int, int, int]:
+        return params["paste_box"]
 
 
 register(ResizeMix())

@@ -185,7 +185,8 @@ def _replayed_params(item: ImageParams, a: SourceImage, b: SourceImage, recipe: 
     try:
         return MixParams.from_dict(record)  # the mode checks its own parameters
     except ValueError as error:
-        field = next((k for k in record if str(error).startswith(f"{k} ")), None)
+        named = str(error).split(" ", 1)[0]
+        field = named if named in record or named in mode.extra_keys else None
         raise InvalidInput(f"image {a.id}: params.{error}", [*loc, "params", *([field] if field else [])]) from None
 
 

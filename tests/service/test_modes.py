@@ -127,3 +127,50 @@ def test_a_mode_name_is_registered_once(stripe):
             name = "odds"
         register(Odds())
     assert F.cutmix  # the functional namespace still answers
+
+
+def test_register_refuses_a_batch_kind_it_cannot_honour():
+    class Typo(Stripe):
+        name = "typo"
+        batch_kind = "Cut"
+
+    with pytest.raises(ValueError, match="mode.batch_kind must be 'cut', 'blend' or None, got 'Cut'"):
+        register(Typo())
+
+    class Extra(Stripe):
+        name = "extra"
+        batch_kind = "cut"
+        extra_keys = ("gain",)
+
+    with pytest.raises(ValueError, match=r"has its own parameters \['gain'\], which the vectorised 'cut' batch path"):
+        register(Extra())
+
+
+def test_batchmix_refuses_a_mode_with_several_partners():
+    from detmix.torch import BatchMix
+
+    class Two(Stripe):
+        name = "two"
+        partners = 2
+
+    register(Two())
+    try:
+        with pytest.raises(ValueError, match=r"BatchMix pairs each image with one partner .* \{'two': 2\}"):
+            BatchMix({"two": {}})
+    finally:
+        unregister("two")
+
+
+def test_a_replayed_record_names_the_key_a_mode_does_not_take_or_misses(client):
+    body = coco_batch(2) | {"recipe": "fmix", "seed": 1}
+    params = [i["mix"] for i in client.post("/v1/mix", json=body).json()["images"]]
+    assert all(0 <= p["params"]["seed"] < 2**53 for p in params)  # exact in any JSON reader
+    replay = {k: v for k, v in body.items() if k != "seed"}
+    extra = [dict(params[0], params=params[0]["params"] | {"foo": 1}), params[1]]
+    response = client.post("/v1/mix", json=replay | {"params": extra})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "params", 0, "params", "foo"]
+    assert "foo is not a parameter of mode 'fmix'" in response.text
+    missing = [dict(params[0], params={k: v for k, v in params[0]["params"].items() if k != "seed"}), params[1]]
+    response = client.post("/v1/mix", json=replay | {"params": missing})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "params", 0, "params", "seed"]

@@ -62,8 +62,9 @@ async function draw(image, annotations, names) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(element, 0, 0);
   const params = image.mix.params;
-  if (params.cut_box) {
-    const [x1, y1, x2, y2] = params.cut_box;
+  const outline = params.cut_box ?? params.paste_box;  // the cut, or ResizeMix's paste box
+  if (outline) {
+    const [x1, y1, x2, y2] = outline;
     ctx.setLineDash([4, 3]); ctx.strokeStyle = "#fff"; ctx.lineWidth = 1;
     ctx.strokeRect(x1 + 0.5, y1 + 0.5, x2 - x1 - 1, y2 - y1 - 1);
     ctx.setLineDash([]);
@@ -84,7 +85,7 @@ async function draw(image, annotations, names) {
   }
   const figure = document.createElement("figure");
   const caption = document.createElement("figcaption");
-  const lam = params.mode === "none" ? "not mixed" : `${params.mode} lam=${params.lam.toFixed(2)}`;
+  const lam = params.lam === 1 ? "not mixed" : `${params.mode} lam=${params.lam.toFixed(2)}`;
   caption.textContent = `image ${image.id} + ${image.mix.partner_id}: ${lam}, ${canvas.dataset.boxes} boxes`;
   figure.append(canvas, caption);
   return figure;
