@@ -181,7 +181,19 @@ def _canonical_mask(masks: Any, name: str) -> Any:
     dtype = _dtype_name(masks)
     if dtype not in ("bool", "uint8"):
         raise TypeError(f"{name} must be bool or uint8, got dtype {dtype}")
-    return masks != 0 if dtype == "bool" else masks
+    return canonical_bool(masks) if dtype == "bool" else masks
+
+
+def canonical_bool(masks: Any) -> Any:
+    """A bool array with bytes 0/1: ``masks`` itself when it already is one (one read of its
+    bytes, no copy; on the host), else ``masks != 0``, whose bools are canonical. On an
+    accelerator the comparison is made without looking (a look would synchronise)."""
+    xp = array_namespace(masks)
+    on_host = is_numpy_array(masks) or masks.device.type == "cpu"
+    size = masks.size if is_numpy_array(masks) else masks.numel()
+    if on_host and (size == 0 or int(xp.max(masks.view(xp.uint8))) <= 1):
+        return masks
+    return masks != 0
 
 
 def _parse_crowd(

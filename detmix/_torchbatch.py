@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as kernels  # not F: in torch code that reads as torch.nn.functional
-from detmix._parse import CROWD_KEYS, Crowd, _parse_crowd
+from detmix._parse import CROWD_KEYS, Crowd, _parse_crowd, canonical_bool
 from detmix.modes import get_mode, mode_names
 from detmix.recipes import Recipe
 
@@ -206,7 +206,7 @@ def _parse_targets(targets: Any, items: list[torch.Tensor], box_keys: tuple[str,
                 raise TypeError(f"targets[{i}]['masks'] must be bool or uint8, got dtype {_dtype_name(m)}")
             _on(m, device, f"targets[{i}]['masks']")
             if m.dtype == torch.bool:  # canonical 0/1 bytes (a Pillow-made array holds 0/255)
-                m = m != 0
+                m = canonical_bool(m)
         masks.append(m)
     have = [i for i, m in enumerate(masks) if m is not None]
     if have and len(have) != size:

@@ -128,13 +128,16 @@ def cutmix_boxes(boxes: Any, cut: Any, pasted: Any) -> tuple[Any, Any]:
     return new, visibility
 
 
-def _binary(masks: Any) -> Any:
+def _binary(masks: Any, canonical: bool = False) -> Any:
     """0/1 uint8 masks from bool or uint8 ones: any non-zero byte is one pixel. A bool array
-    made by Pillow (mode ``"1"``) holds bytes 0/255, so it is compared first: the comparison's
-    bools are canonical 0/1 on numpy and torch alike. Reductions on uint8 are far faster than on
-    bool (torch) and a canonical bool array reinterpreted as uint8 costs no copy: the one place
-    where the kernels look at the backend, since the array API has no reinterpreting view."""
+    made by Pillow (mode ``"1"``) holds bytes 0/255, so it is compared first (the comparison's
+    bools are canonical 0/1 on numpy and torch alike), unless the caller knows it ``canonical``
+    (a parsed sample's are): then it is reinterpreted as uint8, no copy. Reductions on uint8 are
+    far faster than on bool (torch): the one place where the kernels look at the backend, since
+    the array API has no reinterpreting view."""
     xp = array_namespace(masks)
+    if canonical and masks.dtype == xp.bool:
+        return masks.view(xp.uint8)
     return (masks != 0).view(xp.uint8)
 
 
@@ -256,7 +259,9 @@ def region_boxes(boxes: Any, region: Any, pasted: Any) -> tuple[Any, Any]:
     return visible_boxes(boxes, tight, visibility), visibility
 
 
-def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None, *, region: Any = None) -> tuple[Any, Any, Any]:
+def cutmix_masks(
+    masks: Any, cut: Any, pasted: Any, dtype: Any = None, *, region: Any = None, canonical: bool = False
+) -> tuple[Any, Any, Any]:
     """Apply the CutMix rules to instance masks.
 
     Args:
@@ -266,6 +271,8 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None, *, region
             ``where`` so that no coordinate has to leave the device. Both give the same result.
             None when ``region`` is given.
         region: instead of ``cut``, an ``(H, W)`` bool map of where ``b`` shows (any shape).
+        canonical: the caller knows bool ``masks`` hold bytes 0/1 (a parsed sample's do), so
+            they are read without a copy.
         pasted: ``(N,)`` bool as in :func:`cutmix_boxes`.
         dtype: float dtype of the returned boxes and visibility (default float32).
 
@@ -278,7 +285,7 @@ def cutmix_masks(masks: Any, cut: Any, pasted: Any, dtype: Any = None, *, region
     xp = array_namespace(masks)
     dtype = dtype if dtype is not None else xp.float32
     _, height, width = masks.shape
-    on = _binary(masks)
+    on = _binary(masks, canonical)
     before = _pixel_counts(on)
     if region is not None:
         keep = on & xp.astype(region[None] == pasted[:, None, None], xp.uint8)
@@ -504,7 +511,7 @@ def mix_crowd(
 
     if region is not None:
         if masks is not None:
-            masks, visibility, tight = cutmix_masks(masks, None, pasted, dtype, region=region)
+            masks, visibility, tight = cutmix_masks(masks, None, pasted, dtype, region=region, canonical=True)
             boxes = visible_boxes(boxes, tight, visibility)
         else:
             boxes, visibility = region_boxes(boxes, region, pasted)
@@ -512,7 +519,7 @@ def mix_crowd(
     elif cut is not None:
         x1, y1, x2, y2 = (int(v) for v in cut)
         if masks is not None:
-            masks, visibility, tight = cutmix_masks(masks, (x1, y1, x2, y2), pasted, dtype)
+            masks, visibility, tight = cutmix_masks(masks, (x1, y1, x2, y2), pasted, dtype, canonical=True)
             boxes = visible_boxes(boxes, tight, visibility)
         else:
             box = xp.asarray([x1, y1, x2, y2], dtype=dtype, device=dev)

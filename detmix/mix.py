@@ -21,6 +21,11 @@ from detmix.sampling import MixParams, sample_params
 __all__ = ["RandomMix", "apply_params", "draw_params", "mix_pair"]
 
 
+def _bare(sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample's image, boxes and labels only: what a draw or a canvas needs."""
+    return {k: sample[k] for k in ("image", "boxes", "labels")}
+
+
 def _partners(b: Any) -> tuple[dict[str, Any], ...]:
     """The partner samples: ``b`` itself, or each of a list or tuple of them."""
     return tuple(b) if isinstance(b, (list, tuple)) else (b,)
@@ -71,8 +76,8 @@ def mix_pair(
         raise TypeError(f"params must be a MixParams, got {type(params).__name__}")
     mode = get_mode(params.mode)
     partners = _partners(b)
-    if mode.resizes_partner:
-        a = align_pair(a, partners[0], recipe.align, fill=fill, window=(0, 0, 0, 0))[0] if len(partners) == 1 else a
+    if mode.resizes_partner:  # only a is brought onto the canvas; the partner's size is all it needs
+        a = align_pair(a, _bare(partners[0]), recipe.align, fill=fill, window=(0, 0, 0, 0))[0] if len(partners) == 1 else a
     elif len(partners) != 1:
         raise ValueError(f"mode {params.mode!r} takes {len(partners)} partners but does not place them itself "
                          "(resizes_partner): only a pair can be aligned")
@@ -90,8 +95,8 @@ def draw_params(generator: Any, recipe: Recipe, a: dict[str, Any], b: Any) -> Mi
     for k, partner in enumerate(partners):
         height, width = align_canvas((height, width), canvas_size(partner, f"partners[{k}]"), recipe.align)
     aligned: tuple[dict[str, Any], ...] = ()
-    if any(get_mode(name).reads_partner for name in recipe.sections()):
-        aligned = tuple(align_pair(a, partner, recipe.align)[1] for partner in partners)
+    if any(get_mode(name).reads_partner for name in recipe.sections()):  # its pixels and boxes, no masks
+        aligned = tuple(align_pair(_bare(a), _bare(partner), recipe.align)[1] for partner in partners)
     return sample_params(generator, recipe, height, width, partners=aligned)
 
 

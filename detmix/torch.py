@@ -481,7 +481,7 @@ class BatchMix:
             sl = slice(0, num_cut)
             cut_rows = cut_t.index_select(0, out_img[sl]).to(dtype)
             if masks is not None:
-                m, vis, tight = kernels.cutmix_masks(masks[sl], cut_rows, pasted[sl], dtype)
+                m, vis, tight = kernels.cutmix_masks(masks[sl], cut_rows, pasted[sl], dtype, canonical=True)
                 b = kernels.visible_boxes(row_boxes[sl], tight, vis)
                 new_masks.append(m)
             else:

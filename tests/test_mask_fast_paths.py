@@ -377,9 +377,9 @@ def test_cutmix_uses_the_int_cut_with_the_same_result(monkeypatch) -> None:
     cuts = []
     original = F.cutmix_masks
 
-    def spy(masks, cut, pasted, dtype=None):
+    def spy(masks, cut, pasted, dtype=None, **kwargs):
         cuts.append(cut)
-        return original(masks, cut, pasted, dtype)
+        return original(masks, cut, pasted, dtype, **kwargs)
 
     monkeypatch.setattr(F, "cutmix_masks", spy)
     rng = np.random.default_rng(7)

@@ -93,8 +93,8 @@ def cutmix(
         region = F.check_region(region, pa)
         lam = 1.0 - float(xp.sum(xp.astype(region, xp.int64))) / (pa.height * pa.width)
         if pa.masks is not None:
-            part_a = F.cutmix_masks(pa.masks, None, pasted[: pa.num_boxes], dtype, region=region)
-            part_b = F.cutmix_masks(pb.masks, None, pasted[pa.num_boxes :], dtype, region=region)
+            part_a = F.cutmix_masks(pa.masks, None, pasted[: pa.num_boxes], dtype, region=region, canonical=True)
+            part_b = F.cutmix_masks(pb.masks, None, pasted[pa.num_boxes :], dtype, region=region, canonical=True)
             masks, visibility, tight = (F._concat_pair(xp, u, v) for u, v in zip(part_a, part_b))
             boxes = F.visible_boxes(boxes, tight, visibility)
         else:
@@ -106,8 +106,8 @@ def cutmix(
         lam = 1.0 - (x2 - x1) * (y2 - y1) / (pa.height * pa.width)
         if pa.masks is not None:
             # a's masks and b's apart, then the results joined: faster than cutting their concatenation.
-            part_a = F.cutmix_masks(pa.masks, (x1, y1, x2, y2), pasted[: pa.num_boxes], dtype)
-            part_b = F.cutmix_masks(pb.masks, (x1, y1, x2, y2), pasted[pa.num_boxes :], dtype)
+            part_a = F.cutmix_masks(pa.masks, (x1, y1, x2, y2), pasted[: pa.num_boxes], dtype, canonical=True)
+            part_b = F.cutmix_masks(pb.masks, (x1, y1, x2, y2), pasted[pa.num_boxes :], dtype, canonical=True)
             masks, visibility, tight = (F._concat_pair(xp, u, v) for u, v in zip(part_a, part_b))
             boxes = F.visible_boxes(boxes, tight, visibility)
         else:
