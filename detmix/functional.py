@@ -36,6 +36,7 @@ __all__ = [
     "cutmix",
     "cutmix_boxes",
     "cutmix_image",
+    "copy_paste",
     "cutmix_masks",
     "cutout",
     "fmix_region",
@@ -67,6 +68,7 @@ class DropReason(enum.IntEnum):
     MIN_AREA = 2  #: area of the new box < min_area
     MIN_SIZE = 3  #: width or height of the new box < min_size
     MIN_WEIGHT = 4  #: MixUp share of its image < min_weight
+    NOT_SELECTED = 5  #: Copy-Paste: an object of the partner that was not among the pasted ones
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,6 +698,7 @@ def _assemble(
 
 # The sample functions live with their modes (detmix.modes.*), each mode one unit; they are part
 # of this namespace, the library's functional API. Imported last: the modes use the kernels above.
+from detmix.modes.copy_paste import copy_paste  # noqa: E402
 from detmix.modes.cutmix import cutmix  # noqa: E402
 from detmix.modes.cutout import cutout  # noqa: E402
 from detmix.modes.fmix import fmix_region  # noqa: E402

@@ -4,7 +4,7 @@
 * ``docs/images/rules.png``: one pair and one cut, shown as classification CutMix leaves the
   boxes and as detmix mixes them (boxes only, then with masks), plus detection MixUp (the same);
 * ``docs/images/family-<mode>.png``: the region family, one picture per mode (``cutout``,
-  ``resizemix``, ``fmix``, ``saliencymix``): ``preview_dataset`` with the mode's named recipe over
+  ``resizemix``, ``fmix``, ``saliencymix``, ``copy_paste``): ``preview_dataset`` with the mode's named recipe over
   the real photographs of ``../shared/data/coco-mini`` (val2017, instance masks), skipped with a
   message where that folder is absent.
 
@@ -29,7 +29,7 @@ OUT = Path(__file__).resolve().parent / "images"
 TILE = 360
 COCO_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
 #: The region family's pictures: mode (= recipe name) -> file under docs/images.
-FAMILY = {name: f"family-{name}.png" for name in ("cutout", "resizemix", "fmix", "saliencymix")}
+FAMILY = {name: f"family-{name}.png" for name in ("cutout", "resizemix", "fmix", "saliencymix", "copy_paste")}
 FIGURES = ("rules", "preview", "family")
 #: The seed of the family pictures: the first whose three FMix pairs all show both images (seed 0 draws
 #: lam 0.02 and 1.00 for two of them: one image all but alone).

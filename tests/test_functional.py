@@ -433,6 +433,8 @@ def test_dropped_reason_is_int64_codes_of_drop_reason_as_the_readme_says(kind):
          [DropReason.MIN_SIZE, DropReason.INVISIBLE]),
         (F.mixup(conv(make_sample(100, 100)), conv(b), 0.95, min_weight=0.1),
          [DropReason.MIN_WEIGHT, DropReason.MIN_WEIGHT]),
+        (F.copy_paste(conv(make_sample(100, 100, masks=True)), conv(make_sample(100, 100, [[30, 30, 50, 50],
+                      [90, 90, 95, 95]], masks=True)), [0]), [DropReason.NOT_SELECTED]),
     ]
     seen = set()
     for out, expected in cases:

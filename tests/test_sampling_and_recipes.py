@@ -116,18 +116,18 @@ def test_recipes_dir_adds_to_the_packaged_recipes(tmp_path, monkeypatch):
     (tmp_path / "deit.yaml").write_text("description: a retuned deit\ncutmix: {alpha: 2.0}\n")
     monkeypatch.setenv("DETMIX_RECIPES_DIR", str(tmp_path))
     recipes = builtin_recipes()
-    assert list(recipes) == ["cutmix", "cutout", "deit", "fmix", "mine", "mixup", "resizemix", "saliencymix"]
+    assert list(recipes) == ["copy_paste", "cutmix", "cutout", "deit", "fmix", "mine", "mixup", "resizemix", "saliencymix"]
     assert recipes["mine"].mixup.alpha == 0.3 and recipes["mine"].name == "mine"
     assert recipes["deit"].description == "a retuned deit" and recipes["deit"].mixup is None
     assert RandomMix("mine").recipe == recipes["mine"]
     assert load_recipe("cutmix").cutmix.min_visibility == 0.25
-    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'cutout', 'deit', 'fmix', 'mine', 'mixup', 'resizemix', 'saliencymix'\] .* got 'nope'"):
+    with pytest.raises(ValueError, match=r"recipe must be one of \['copy_paste', 'cutmix', 'cutout', 'deit', 'fmix', 'mine', 'mixup', 'resizemix', 'saliencymix'\] .* got 'nope'"):
         load_recipe("nope")
     monkeypatch.setenv("DETMIX_RECIPES_DIR", str(tmp_path / "absent"))
     with pytest.raises(ValueError, match=r"DETMIX_RECIPES_DIR must be a folder of recipe YAML files, got '.*absent'"):
         builtin_recipes()
     monkeypatch.delenv("DETMIX_RECIPES_DIR")
-    packaged = ["cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"]
+    packaged = ["copy_paste", "cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"]
     assert list(builtin_recipes()) == packaged
     assert list(builtin_recipes(tmp_path)) == sorted([*packaged, "mine"])
 
@@ -166,7 +166,7 @@ def test_recipe_files_and_names(tmp_path):
     path.write_text("mixup: {alpha: -1}\n")
     with pytest.raises(ValueError, match=r"recipe file .*mine.yaml is invalid"):
         load_recipe(path)
-    with pytest.raises(ValueError, match=r"recipe must be one of \['cutmix', 'cutout', 'deit', .*got 'nope'"):
+    with pytest.raises(ValueError, match=r"recipe must be one of \['copy_paste', 'cutmix', 'cutout', 'deit', .*got 'nope'"):
         load_recipe("nope")
     path.write_text("cutmix: {min_area: '1000', alpha: yes}\n")  # a string and a boolean: no numbers
     with pytest.raises(ValueError, match=r"(?s)cutmix.alpha\n  Input should be a valid number.*"

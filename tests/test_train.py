@@ -142,7 +142,7 @@ def test_command_line_errors_name_the_argument(capsys) -> None:
         (["--weights-backbone", "ResNet50_Weights.NOPE"], "--weights-backbone must name torchvision weights as "
                                                           "Enum.MEMBER, e.g. ResNet50_Weights.IMAGENET1K_V1"),
         (["--eval-only"], "--eval-only needs a model to score: give --resume CHECKPOINT or --weights NAME"),
-        (["--recipe", "bogus"], "--recipe: recipe must be one of ['cutmix', 'cutout', 'deit', 'fmix', 'mixup', 'resizemix', 'saliencymix'] or a path to a YAML "
+        (["--recipe", "bogus"], "--recipe: recipe must be one of ['copy_paste', 'cutmix', 'cutout', 'deit', 'fmix', 'mixup', 'resizemix', 'saliencymix'] or a path to a YAML "
                                 "file, got 'bogus'"),
         (["--epochs", "2", "--no-mix-epochs", "3"], "--no-mix-epochs must be <= --epochs (2), got 3"),
         (["--resume", "no/such.pth"], "--resume: checkpoint 'no/such.pth' does not exist"),

@@ -104,5 +104,5 @@ def test_wheel_mixes_numpy_with_its_packaged_recipes(installed: Path, tmp_path: 
 def test_wheel_cli_lists_the_three_recipes(installed: Path, tmp_path: Path) -> None:
     out = _run([str(installed / "detmix"), "recipes"], cwd=tmp_path)
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names == ["cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"]
+    assert names == ["copy_paste", "cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"]
     assert "DeiT: MixUp (alpha 0.8) or CutMix (alpha 1.0)" in out

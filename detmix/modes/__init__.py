@@ -17,8 +17,8 @@ Albumentations adapter, the service and ``detmix preview`` find it by name throu
 
     register(Blackout())
 
-Built-in modes: ``none`` (nothing mixed), ``cutmix``, ``mixup``, and the region family
-``cutout``, ``resizemix``, ``fmix``, ``saliencymix``.
+Built-in modes: ``none`` (nothing mixed), ``cutmix``, ``mixup``, the region family ``cutout``,
+``resizemix``, ``fmix``, ``saliencymix``, and ``copy_paste``.
 """
 
 from __future__ import annotations
@@ -180,5 +180,6 @@ from detmix.modes import cutout as _cutout  # noqa: E402,F401
 from detmix.modes import resizemix as _resizemix  # noqa: E402,F401
 from detmix.modes import fmix as _fmix  # noqa: E402,F401
 from detmix.modes import saliencymix as _saliencymix  # noqa: E402,F401
+from detmix.modes import copy_paste as _copy_paste  # noqa: E402,F401
 
 _BUILTIN = frozenset(_REGISTRY)

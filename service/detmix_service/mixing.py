@@ -250,7 +250,10 @@ def mix_batch(
         checkpoint()
         partner = images[plan.partner[i]]
         params = plan.params[i]
-        out = mix_pair(image.sample, partner.sample, params, recipe, box_keys=BOX_KEYS)
+        try:
+            out = mix_pair(image.sample, partner.sample, params, recipe, box_keys=BOX_KEYS)
+        except ValueError as error:  # what the mode cannot do with this batch (copy_paste without masks)
+            raise InvalidInput(f"image {image.id} with partner {partner.id}: {error}", ["body"], type="mix") from None
         pixels = out["image"]
         height, width = pixels.shape[:2]
         sources = (image, partner)

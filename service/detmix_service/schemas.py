@@ -162,7 +162,7 @@ class DroppedAnnotation(BaseModel):
     source_annotation_id: int
     category_id: int
     visibility: float = Field(description="share of the object left (CutMix) or its image's share (MixUp)")
-    reason: Literal["invisible", "min_visibility", "min_area", "min_size", "min_weight"]
+    reason: Literal["invisible", "min_visibility", "min_area", "min_size", "min_weight", "not_selected"]
 
 
 class ClippedBox(BaseModel):

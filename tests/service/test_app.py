@@ -37,7 +37,7 @@ def test_health_is_alive_and_readiness_follows_the_lifespan(make_client):
 
 def test_catalog(client):
     recipes = {recipe["name"]: recipe for recipe in client.get("/v1/recipes").json()}
-    assert set(recipes) == {"cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"}
+    assert set(recipes) == {"copy_paste", "cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"}
     assert recipes["deit"]["switch_prob"] == 0.5 and recipes["fmix"]["fmix"]["decay"] == 3.0
     (synthetic,) = client.get("/v1/datasets").json()
     assert synthetic["name"] == "synthetic" and synthetic["images"] == 48 and synthetic["masks"] is True
@@ -50,7 +50,7 @@ def test_recipes_dir_adds_to_the_packaged_recipes(make_client, tmp_path):
     (tmp_path / "mixup.yaml").write_text("description: a retuned mixup\nmixup: {alpha: 3.0}\n")
     with make_client(recipes_dir=tmp_path) as test_client:
         recipes = {recipe["name"]: recipe for recipe in test_client.get("/v1/recipes").json()}
-    assert sorted(recipes) == ["cutmix", "cutout", "deit", "fmix", "gentle", "mixup", "resizemix", "saliencymix"]
+    assert sorted(recipes) == ["copy_paste", "cutmix", "cutout", "deit", "fmix", "gentle", "mixup", "resizemix", "saliencymix"]
     assert recipes["gentle"]["mixup"]["alpha"] == 0.2 and recipes["mixup"]["mixup"]["alpha"] == 3.0
 
 

@@ -99,7 +99,7 @@ CASES: list[Case] = [
     ("quality 100", lambda b: b.update(output={"quality": 100}), 422, ["body", "output", "quality"], "less than"),
     ("gif output", lambda b: b.update(output={"format": "gif"}), 422, ["body", "output", "format"], "'jpeg' or 'png'"),
     ("unknown recipe", lambda b: b.update(recipe="nope"), 422, ["body", "recipe"],
-     "recipe 'nope' is not one of ['cutmix', 'cutout', 'deit', 'fmix', 'mixup', 'resizemix', 'saliencymix']"),
+     "recipe 'nope' is not one of ['copy_paste', 'cutmix', 'cutout', 'deit', 'fmix', 'mixup', 'resizemix', 'saliencymix']"),
     ("recipe name with a slash", lambda b: b.update(recipe="../deit"), 422, ["body", "recipe"], "pattern"),
     ("alpha 0", lambda b: b.update(recipe={"cutmix": {"alpha": 0}}), 422, ["body", "recipe", "cutmix", "alpha"],
      "greater than 0"),

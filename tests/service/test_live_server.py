@@ -141,7 +141,7 @@ def test_sync_client(server):
     with DetmixClient(server.url) as client:
         assert client.ready()
         assert {d["name"] for d in client.datasets()} == {"synthetic"}
-        assert {r["name"] for r in client.recipes()} == {"cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"}
+        assert {r["name"] for r in client.recipes()} == {"copy_paste", "cutmix", "cutout", "deit", "fmix", "mixup", "resizemix", "saliencymix"}
         batch = client.dataset_batch("synthetic", batch_size=3, seed=5, output_format="png")
         assert batch.seed == 5 and len(batch.images) == len(batch.targets) == 3
         for image, target in zip(batch.images, batch.targets, strict=True):

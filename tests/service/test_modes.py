@@ -174,3 +174,21 @@ def test_a_replayed_record_names_the_key_a_mode_does_not_take_or_misses(client):
     missing = [dict(params[0], params={k: v for k, v in params[0]["params"].items() if k != "seed"}), params[1]]
     response = client.post("/v1/mix", json=replay | {"params": missing})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "params", 0, "params", "seed"]
+
+
+def test_copy_paste_by_name_and_without_masks(client):
+    body = coco_batch(4, masks=True) | {"recipe": "copy_paste", "seed": 5, "output": {"format": "png"}}
+    response = client.post("/v1/mix", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    check_against_core(body, answer, "copy_paste", masks=True)
+    assert {d["reason"] for d in answer["dropped"]} <= {"invisible", "min_visibility", "min_area", "min_size",
+                                                        "not_selected"}
+    # a boxes-only batch cannot be pasted by masks: a 422 naming the fix, never a 500
+    boxes_only = coco_batch(2) | {"recipe": "copy_paste", "seed": 5}
+    response = client.post("/v1/mix", json=boxes_only)
+    assert response.status_code == 422 and "by_box=True" in response.text
+    by_box = boxes_only | {"recipe": {"copy_paste": {"by_box": True, "select": "all"}}}
+    response = client.post("/v1/mix", json=by_box)
+    assert response.status_code == 200, response.text
+    check_against_core(by_box, response.json(), {"copy_paste": {"by_box": True, "select": "all"}})

@@ -85,7 +85,7 @@ async function draw(image, annotations, names) {
   }
   const figure = document.createElement("figure");
   const caption = document.createElement("figcaption");
-  const lam = params.lam === 1 ? "not mixed" : `${params.mode} lam=${params.lam.toFixed(2)}`;
+  const lam = params.mode === "none" ? "not mixed" : `${params.mode} lam=${params.lam.toFixed(2)}`;
   caption.textContent = `image ${image.id} + ${image.mix.partner_id}: ${lam}, ${canvas.dataset.boxes} boxes`;
   figure.append(canvas, caption);
   return figure;
