@@ -11,8 +11,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 __all__ = [
-    "Alpha", "BoxRules", "MinArea", "MinSize", "MixConfig", "Number", "StrictModel", "Thresholds", "Unit", "WeightModeField",
+    "RECIPE_FIELDS", "Alpha", "BoxRules", "MinArea", "MinSize", "MixConfig", "Number", "StrictModel", "Thresholds", "Unit", "WeightModeField",
 ]
+
+#: The top-level keys of a recipe that are not mode sections (a mode may not take one as its name).
+RECIPE_FIELDS = ("name", "description", "prob", "switch_prob", "odds", "align")
 
 Number = Annotated[float, Strict()]
 Unit = Annotated[Number, Field(ge=0.0, le=1.0)]

@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from detmix import functional as kernels  # not F: in torch code that reads as torch.nn.functional
 from detmix._parse import CROWD_KEYS, Crowd, _parse_crowd, canonical_bool
+from detmix.align import _pad_masks
 from detmix.modes import get_mode, mode_names
 from detmix.recipes import Recipe
 
@@ -600,12 +601,8 @@ def _host_sample(batch: _Batch, i: int) -> dict[str, Any]:
 
 
 def _pad_to(m: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
-    """``(..., h, w)`` masks top-left on a ``height x width`` canvas of zeros."""
-    if m is None:
-        return None
-    out = m.new_zeros((*m.shape[:-2], height, width))
-    out[..., : m.shape[-2], : m.shape[-1]] = m
-    return out
+    """``(..., h, w)`` masks top-left on a ``height x width`` canvas of zeros (alignment's padding)."""
+    return None if m is None else _pad_masks(m, height, width)
 
 
 def _flat_masks(masks: list[torch.Tensor], canvas: tuple[int, int], device: torch.device) -> torch.Tensor:

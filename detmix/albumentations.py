@@ -73,7 +73,8 @@ if "get_params_dependent_on_data" in getattr(BasicTransform, "_removed_sampling_
 from detmix.functional import masks_to_boxes
 from detmix.datasets import METADATA_KEY as _METADATA_KEY
 from detmix.mix import draw_params, mix_pair
-from detmix.recipes import Alpha, CutMixConfig, MinArea, MinSize, MixUpConfig, Recipe, Unit, WeightModeField, load_recipe
+from detmix._fields import Alpha, MinArea, MinSize, Unit, WeightModeField
+from detmix.recipes import CutMixConfig, MixUpConfig, Recipe, load_recipe
 from detmix.sampling import MixParams
 
 __all__ = [

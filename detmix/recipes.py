@@ -33,17 +33,13 @@ import numpy as np
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, create_model, model_serializer, model_validator
 
-from detmix._fields import Alpha, MinArea, MinSize, MixConfig, Number, StrictModel, Unit, WeightModeField
+from detmix._fields import RECIPE_FIELDS, Number, StrictModel, Unit
 from detmix.modes import get_mode, mode_names
 from detmix.modes.cutmix import CutMixConfig
 from detmix.modes.mixup import MixUpConfig
 
 __all__ = ["PACKAGED_RECIPES", "CutMixConfig", "MixUpConfig", "Recipe", "builtin_recipes", "load_recipe", "recipe_dirs"]
-# Field types re-exported for the adapters (their schemas reuse the recipe's bounds).
-_FIELDS = (Alpha, MinArea, MinSize, MixConfig, Number, Unit, WeightModeField)
 
-#: The top-level keys of a recipe that are not mode sections.
-RECIPE_FIELDS = ("name", "description", "prob", "switch_prob", "odds", "align")
 
 
 class _RecipeBase(StrictModel):

@@ -141,9 +141,10 @@ def register(mode: Mode) -> Mode:
         )
     if isinstance(mode.partners, bool) or not isinstance(mode.partners, int) or mode.partners < 0:
         raise ValueError(f"mode.partners must be an int >= 0, got {mode.partners!r}")
-    reserved = {"name", "description", "prob", "switch_prob", "odds", "align"}
-    if name in reserved:
-        raise ValueError(f"mode.name must not be a recipe field {sorted(reserved)}, got {name!r}")
+    from detmix._fields import RECIPE_FIELDS
+
+    if name in RECIPE_FIELDS:
+        raise ValueError(f"mode.name must not be a recipe field {sorted(RECIPE_FIELDS)}, got {name!r}")
     current = _REGISTRY.get(name)
     if current is not None and current is not mode:
         raise ValueError(f"a mode named {name!r} is already registered ({current!r}); unregister it first")

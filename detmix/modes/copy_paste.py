@@ -58,7 +58,7 @@ def copy_paste(
     their boxes' pixels). The result has :func:`~detmix.functional.cutmix`'s keys; ``b``'s
     objects that were not selected are in ``dropped`` with reason ``NOT_SELECTED`` and
     visibility 0, and ``lam`` is the share of ``a``'s pixels left."""
-    pa, pb = parse_sample(a, "a"), parse_sample(b, "b")
+    pb = parse_sample(b, "b")  # a is checked by cutmix
     try:
         rows = sorted({int(i) for i in select})
     except (TypeError, ValueError):
